@@ -1,0 +1,1 @@
+"""Moorage operator: reconciles AgentDeployment resources."""

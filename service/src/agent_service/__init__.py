@@ -1,0 +1,1 @@
+"""Moorage agent service: an LLM agent behind a production HTTP shell."""
