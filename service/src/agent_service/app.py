@@ -1,0 +1,72 @@
+"""The app factory: settings in, a FastAPI app whose lifespan owns every long-lived client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+from fastapi import FastAPI
+
+from agent_service import __version__
+from agent_service.agent import Agent
+from agent_service.config import Settings
+from agent_service.errors import install_error_handlers
+from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up
+from agent_service.metrics import Metrics
+from agent_service.middleware import ShellMiddleware
+from agent_service.providers import open_model
+from agent_service.routes import chat, health, sessions
+from agent_service.store import SessionStore, open_store
+from agent_service.tools import BUILTIN_TOOLS
+
+
+class AppState(TypedDict):
+    """What the lifespan hands to every request (as `request.state`)."""
+
+    settings: Settings
+    store: SessionStore
+    agent: Agent
+    lifecycle: Lifecycle
+    metrics: Metrics
+
+
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """Build the service; tests may pass a `lifecycle` to drive readiness themselves."""
+    lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
+        store = open_store(settings.session_url.get_secret_value(), settings.session_ttl_s)
+        model = open_model(settings)
+        agent = Agent(model, BUILTIN_TOOLS, settings.max_steps, settings.model_timeout_s, metrics)
+        # Warm up in the background so /healthz answers from the first moment.
+        warming = asyncio.create_task(warm_up(store, lifecycle))
+        uninstall_drain = drain_on_sigterm(lifecycle, settings.drain_delay_s)
+        try:
+            yield AppState(
+                settings=settings, store=store, agent=agent, lifecycle=lifecycle, metrics=metrics
+            )
+        finally:
+            uninstall_drain()
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
+            await model.aclose()
+            await store.aclose()
+
+    app = FastAPI(
+        title="Moorage agent service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(chat.router)
+    app.include_router(sessions.router)
+    app.add_middleware(ShellMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,236 @@
+"""Settings of the agent service, read once from `AGENT_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AGENT_"
+SESSION_SCHEMES = ("redis", "rediss", "memory")
+# Kubernetes injects `<SERVICE>_PORT=tcp://…` style variables for every Service in the
+# namespace unless `enableServiceLinks: false`; they are not ours and must not trip us.
+_SERVICE_LINK_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT_")
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class LogFormat(StrEnum):
+    """How log records are written."""
+
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment; validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    model: str = "echo"
+    model_base_url: str = "https://api.openai.com/v1"
+    model_api_key: SecretStr | None = None
+    model_api_key_file: Path | None = None
+    max_steps: int = Field(8, ge=1, le=64)
+    model_timeout_s: PositiveSeconds = 15.0
+    request_timeout_s: PositiveSeconds = 30.0
+    echo_latency_ms: int = Field(0, ge=0, le=60_000)
+
+    session_url: SecretStr = SecretStr("memory://")
+    session_url_file: Path | None = None
+    session_ttl_s: int = Field(86_400, ge=60, le=90 * 86_400)
+    context_messages: int = Field(40, ge=2, le=1000)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: LogFormat = LogFormat.JSON
+
+    drain_delay_s: float = Field(5.0, ge=0, le=600)
+    shutdown_timeout_s: PositiveSeconds = 25.0
+    max_body_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    max_message_chars: int = Field(8000, ge=1, le=1_000_000)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        provider, _, name = value.partition(":")
+        if value == "echo" or (provider == "openai" and name.strip()):
+            return value
+        raise ValueError("must be `echo` or `openai:<model>`")
+
+    @field_validator("model_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("session_url")
+    @classmethod
+    def _session_scheme(cls, value: SecretStr) -> SecretStr:
+        _check_session_url(value.get_secret_value())
+        return value
+
+    @field_validator("model_api_key_file", "session_url_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Resolve `*_FILE` secrets and reject combinations that cannot work together."""
+        problems: list[str] = []
+        if self.model_api_key_file is not None:
+            if self.model_api_key is not None:
+                problems.append(_conflict("model_api_key"))
+            else:
+                key = _read_secret(self.model_api_key_file)
+                object.__setattr__(self, "model_api_key", SecretStr(key) if key else None)
+        if self.session_url_file is not None:
+            if "session_url" in self.model_fields_set:
+                problems.append(_conflict("session_url"))
+            else:
+                url = _read_secret(self.session_url_file)
+                try:
+                    _check_session_url(url)
+                except ValueError as err:
+                    problems.append(f"{env_name('session_url_file')}: file content {err}")
+                object.__setattr__(self, "session_url", SecretStr(url))
+        if self.model.startswith("openai:") and self.model_api_key is None:
+            problems.append(
+                f"{env_name('model_api_key')}: required by {env_name('model')}={self.model} "
+                f"(or set {env_name('model_api_key_file')})"
+            )
+        if self.drain_delay_s > self.shutdown_timeout_s:
+            problems.append(
+                f"{env_name('drain_delay_s')}: must not exceed {env_name('shutdown_timeout_s')} "
+                f"({self.drain_delay_s} > {self.shutdown_timeout_s})"
+            )
+        if self.model_timeout_s > self.request_timeout_s:
+            problems.append(
+                f"{env_name('model_timeout_s')}: must not exceed {env_name('request_timeout_s')} "
+                f"({self.model_timeout_s} > {self.request_timeout_s})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def session_scheme(self) -> str:
+        """Scheme of the session store URL: `redis`, `rediss` or `memory`."""
+        return urlsplit(self.session_url.get_secret_value()).scheme
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for the startup log: secrets only as set/unset."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "session_url":
+                shown[name] = _redact_url(value.get_secret_value())
+            elif isinstance(value, SecretStr) or name == "model_api_key":
+                shown[name] = "set" if value is not None else "unset"
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+class ConfigError(Exception):
+    """The environment does not describe a configuration the service can run with."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a settings field."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings; raise ConfigError naming every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def unknown_variables() -> list[str]:
+    """`AGENT_*` variables that match no setting (likely typos)."""
+    known = {env_name(f) for f in Settings.model_fields}
+    return sorted(k for k in os.environ if _is_ours(k) and k.upper() not in known)
+
+
+def _is_ours(key: str) -> bool:
+    upper = key.upper()
+    if not upper.startswith(ENV_PREFIX):
+        return False
+    return not any(suffix in upper for suffix in _SERVICE_LINK_SUFFIXES)
+
+
+def _describe(err: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in err.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if field:
+            problems.append(f"{env_name(field)}: {message}")
+        else:
+            problems.extend(part.strip() for part in message.split("; "))
+    return problems
+
+
+def _conflict(field: str) -> str:
+    return f"{env_name(field)}: set only one of {env_name(field)} and {env_name(field + '_file')}"
+
+
+def _read_secret(path: Path) -> str:
+    # Mounted Kubernetes secrets often end with a newline that is not part of the value.
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _check_session_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in SESSION_SCHEMES:
+        raise ValueError("must be a redis://, rediss:// or memory:// URL")
+    if parts.scheme != "memory" and not parts.hostname:
+        raise ValueError("must name a host")
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,55 @@
+"""Stored session histories: read and forget."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+
+from agent_service.deps import MetricsDep, StoreDep
+from agent_service.errors import ApiError, ErrorBody
+from agent_service.schemas import SESSION_ID_PATTERN, SessionOut
+from agent_service.store import StoreUnavailable
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+SessionPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+_ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorBody} for s in (404, 422, 503)}
+
+
+@router.get(
+    "/{session_id}", response_model=SessionOut, response_model_exclude_none=True, responses=_ERRORS
+)
+async def get_session(
+    session_id: SessionPath, request: Request, store: StoreDep, metrics: MetricsDep
+) -> SessionOut:
+    """The stored history of a session, oldest first."""
+    request.state.session_id = session_id
+    try:
+        messages = await store.history(session_id)
+    except StoreUnavailable:
+        metrics.store_errors.labels("read").inc()
+        raise _unavailable() from None
+    if messages is None:
+        raise ApiError(404, "session-not-found", "no such session (it may have expired)")
+    return SessionOut.model_validate({"session_id": session_id, "messages": messages})
+
+
+@router.delete("/{session_id}", status_code=204, responses=_ERRORS)
+async def delete_session(
+    session_id: SessionPath, request: Request, store: StoreDep, metrics: MetricsDep
+) -> Response:
+    """Forget a session."""
+    request.state.session_id = session_id
+    try:
+        deleted = await store.delete(session_id)
+    except StoreUnavailable:
+        metrics.store_errors.labels("delete").inc()
+        raise _unavailable() from None
+    if not deleted:
+        raise ApiError(404, "session-not-found", "no such session (it may have expired)")
+    return Response(status_code=204)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "store-unavailable", "the session store is unavailable; retry shortly")

@@ -1,0 +1,57 @@
+"""Run the app under uvicorn with the settings' bind address, workers and shutdown budget."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from agent_service.app import create_app
+from agent_service.config import Settings
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a drained stop exits 0 instead of re-raising the signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM has drained the app (see `lifecycle.drain_on_sigterm`) or SIGINT."""
+    config = uvicorn.Config(
+        # A factory bound to the settings: each worker process builds its own app from it.
+        functools.partial(create_app, settings),
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    if settings.workers == 1:
+        Server(config).run()
+        return
+    # The supervisor forwards SIGTERM to every worker, each drains itself, then it exits 0.
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
