@@ -6,8 +6,9 @@ import logging
 import os
 import re
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,17 @@ class Cluster:
             check=check,
             timeout=120,
         )
+
+
+def wait_until(
+    predicate: Callable[[], bool], what: str, timeout: float = 120.0, interval: float = 1.0
+) -> None:
+    """Poll `predicate` until it is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def _paths() -> tuple[Path, Path]:
