@@ -1,0 +1,367 @@
+"""Pure builders of the children of an AgentDeployment (plain dicts, no API calls)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agent_operator.spec import GROUP, KIND, VERSION, AgentSpec, SecretKeyRef
+
+MANAGER = "moorage-operator"
+APP_NAME = "agent"
+CONTAINER_PORT = 8080
+CONFIG_CHECKSUM_ANNOTATION = "moorage.dev/config-checksum"
+SECRETS_DIR = "/etc/moorage/secrets"
+# Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
+GRACE_MARGIN_SECONDS = 5
+RUN_AS_ID = 10001
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The AgentDeployment that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> Obj:
+        """The controller ownerReference every child carries (so deletion cascades)."""
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The labels that select the pods; the same pair as the chart's agent.selectorLabels."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": name}
+
+
+def selector_string(name: str) -> str:
+    """The pod selector in label-selector syntax, for the scale subresource."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def common_labels(name: str) -> dict[str, str]:
+    """Labels on every child; managed-by lets the operator watch only its own children."""
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/part-of": "moorage",
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
+
+
+def _metadata(owner: Owner, name: str | None = None) -> Obj:
+    return {
+        "name": name or owner.name,
+        "namespace": owner.namespace,
+        "labels": common_labels(owner.name),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def config_name(owner: Owner) -> str:
+    """Name of the ConfigMap holding the non-secret AGENT_* settings."""
+    return f"{owner.name}-config"
+
+
+def config_data(spec: AgentSpec) -> dict[str, str]:
+    """The non-secret part of the agent's environment contract (the chart's ConfigMap keys)."""
+    data = {
+        "AGENT_MODEL": spec.model.name,
+        "AGENT_MAX_STEPS": str(spec.model.max_steps),
+        "AGENT_MODEL_TIMEOUT_S": str(spec.model.timeout_seconds),
+        "AGENT_REQUEST_TIMEOUT_S": str(spec.model.request_timeout_seconds),
+        "AGENT_SESSION_TTL_S": str(spec.session.ttl_seconds),
+        "AGENT_HOST": "0.0.0.0",  # noqa: S104 - the kubelet and the Service reach the pod IP
+        "AGENT_PORT": str(CONTAINER_PORT),
+        "AGENT_WORKERS": "1",
+        "AGENT_LOG_LEVEL": spec.log_level,
+        "AGENT_LOG_FORMAT": "json",
+        # The preStop sleep is the drain, so the service's own drain delay is 0 (as in the chart).
+        "AGENT_DRAIN_DELAY_S": "0",
+        "AGENT_SHUTDOWN_TIMEOUT_S": str(spec.termination.shutdown_timeout_seconds),
+        "AGENT_MAX_BODY_BYTES": "65536",
+        "AGENT_MAX_MESSAGE_CHARS": "8000",
+    }
+    if spec.model.base_url:
+        data["AGENT_MODEL_BASE_URL"] = spec.model.base_url
+    if spec.session.url_secret_ref is None:
+        data["AGENT_SESSION_URL"] = spec.session.url or "memory://"
+    return data
+
+
+def config_checksum(spec: AgentSpec) -> str:
+    """A digest of everything in the pod's config, so a config change rolls the pods."""
+    refs = [(r.name, r.key) for r in spec.secret_refs()]
+    payload = json.dumps({"data": config_data(spec), "secrets": refs}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_configmap(owner: Owner, spec: AgentSpec) -> Obj:
+    """The ConfigMap the pods read their AGENT_* settings from."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, config_name(owner)),
+        "data": config_data(spec),
+    }
+
+
+def grace_period_seconds(spec: AgentSpec) -> int:
+    """Pod grace period: the preStop drain, then the shutdown timeout, then a margin."""
+    term = spec.termination
+    return term.drain_delay_seconds + term.shutdown_timeout_seconds + GRACE_MARGIN_SECONDS
+
+
+def _secret_files(spec: AgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
+    """(reference, file name, AGENT_*_FILE variable) of each mounted secret, chart order."""
+    out = []
+    if spec.session.url_secret_ref is not None:
+        out.append((spec.session.url_secret_ref, "session-url", "AGENT_SESSION_URL_FILE"))
+    if spec.model_api_key_secret_ref is not None:
+        out.append((spec.model_api_key_secret_ref, "model-api-key", "AGENT_MODEL_API_KEY_FILE"))
+    return out
+
+
+def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
+    """One volume with every secret file: a plain secret volume when one Secret holds them."""
+    names = {ref.name for ref, _, _ in files}
+    if len(names) == 1:
+        return {
+            "name": "secrets",
+            "secret": {
+                "secretName": names.pop(),
+                "defaultMode": 0o440,
+                "items": [{"key": ref.key, "path": path} for ref, path, _ in files],
+            },
+        }
+    return {
+        "name": "secrets",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": path}]}}
+                for ref, path, _ in files
+            ],
+        },
+    }
+
+
+def _topology_spread(name: str) -> list[Obj]:
+    return [
+        {
+            "topologyKey": key,
+            "maxSkew": 1,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(name)},
+            # Spread each rollout's pods on their own, not old and new together.
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
+def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
+    """The agent's pod template: the chart's probes, hardening, grace and AGENT_* contract."""
+    files = _secret_files(spec)
+    env: list[Obj] = [
+        {"name": variable, "value": f"{SECRETS_DIR}/{path}"} for _, path, variable in files
+    ]
+    env.extend(dict(item) for item in spec.env)
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    volume_mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    if files:
+        volumes.append(_secrets_volume(files))
+        volume_mounts.append({"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True})
+    container: Obj = {
+        "name": APP_NAME,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["agent-service"],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": config_name(owner)}}],
+    }
+    if env:
+        container["env"] = env
+    container.update(
+        {
+            "startupProbe": {
+                "httpGet": {"path": "/healthz", "port": "http"},
+                "periodSeconds": 2,
+                "failureThreshold": 30,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "http"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": "http"},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 2,
+            },
+            # Keep serving while endpoints and proxies stop routing here; SIGTERM follows.
+            "lifecycle": {"preStop": {"sleep": {"seconds": spec.termination.drain_delay_seconds}}},
+            "resources": {k: dict(v) for k, v in spec.resources.items()},
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": volume_mounts,
+        }
+    )
+    return {
+        "metadata": {
+            "labels": common_labels(owner.name),
+            "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec)},
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS_ID,
+                "runAsGroup": RUN_AS_ID,
+                "fsGroup": RUN_AS_ID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationGracePeriodSeconds": grace_period_seconds(spec),
+            "containers": [container],
+            "volumes": volumes,
+            "topologySpreadConstraints": _topology_spread(owner.name),
+        },
+    }
+
+
+def build_deployment(owner: Owner, spec: AgentSpec) -> Obj:
+    """The Deployment; `replicas` is left out while autoscaling is on (the HPA owns it)."""
+    deployment_spec: Obj = {
+        "revisionHistoryLimit": 5,
+        "selector": {"matchLabels": selector_labels(owner.name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": spec.rollout.max_surge,
+                "maxUnavailable": spec.rollout.max_unavailable,
+            },
+        },
+        "template": pod_template(owner, spec),
+    }
+    if not spec.autoscaling.enabled:
+        deployment_spec = {"replicas": spec.replicas, **deployment_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner),
+        "spec": deployment_spec,
+    }
+
+
+def build_service(owner: Owner, spec: AgentSpec) -> Obj:
+    """A ClusterIP Service in front of the ready pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner.name),
+            "ports": [
+                {"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_hpa(owner: Owner, spec: AgentSpec) -> Obj | None:
+    """An autoscaling/v2 HPA on CPU, or None when autoscaling is off."""
+    auto = spec.autoscaling
+    if not auto.enabled:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": auto.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+            # Against flapping: scale down only after five minutes of lower recommendations.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        },
+    }
+
+
+def build_pdb(owner: Owner, spec: AgentSpec) -> Obj | None:
+    """A policy/v1 PodDisruptionBudget, or None when disabled (default: maxUnavailable 1)."""
+    budget = spec.disruption_budget
+    if not budget.enabled:
+        return None
+    pdb_spec: Obj = {"selector": {"matchLabels": selector_labels(owner.name)}}
+    if budget.min_available is not None:
+        pdb_spec["minAvailable"] = budget.min_available
+    else:
+        pdb_spec["maxUnavailable"] = (
+            budget.max_unavailable if budget.max_unavailable is not None else 1
+        )
+    # Pods that are not ready protect nothing; do not let them block node drains.
+    pdb_spec["unhealthyPodEvictionPolicy"] = "AlwaysAllow"
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner),
+        "spec": pdb_spec,
+    }
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """Where a kind of child lives in the API."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+
+CONFIGMAP = ChildKind("v1", "ConfigMap", "configmaps")
+DEPLOYMENT = ChildKind("apps/v1", "Deployment", "deployments")
+SERVICE = ChildKind("v1", "Service", "services")
+HPA = ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+PDB = ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+CHILD_KINDS = (CONFIGMAP, DEPLOYMENT, SERVICE, HPA, PDB)
+
+
+def build_children(owner: Owner, spec: AgentSpec) -> list[tuple[ChildKind, str, Obj | None]]:
+    """Every child in apply order (config first, so new pods find it); None means delete."""
+    return [
+        (CONFIGMAP, config_name(owner), build_configmap(owner, spec)),
+        (DEPLOYMENT, owner.name, build_deployment(owner, spec)),
+        (SERVICE, owner.name, build_service(owner, spec)),
+        (HPA, owner.name, build_hpa(owner, spec)),
+        (PDB, owner.name, build_pdb(owner, spec)),
+    ]

@@ -1,0 +1,175 @@
+"""kopf handlers: the AgentDeployment itself, a resync timer, and watches on owned children."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from agent_operator import kube
+from agent_operator.builders import CHILD_KINDS, MANAGER, ChildKind
+from agent_operator.reconcile import Outcome, lock_for, reconcile, status_changed
+from agent_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+# A missing Secret is re-checked this often (no watch on Secrets: least privilege).
+SECRET_RETRY_SECONDS = float(os.environ.get("AGENT_OPERATOR_SECRET_RETRY_SECONDS", "10"))
+# Transient API failures are retried after this long.
+API_RETRY_SECONDS = 5.0
+# Safety-net resync of every resource, for anything a watch could have missed.
+RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "60"))
+MANAGED_BY = f"app.kubernetes.io/managed-by={MANAGER}"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations, watch only our children, post only warnings."""
+    # The status schema is closed, so kopf's progress must not live in status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = MANAGER
+    # Our own Events are posted explicitly; kopf's per-handler chatter only when it matters.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = MANAGER
+    for kind in CHILD_KINDS:
+        group, _sep, version = kind.api_version.rpartition("/")
+        settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
+    settings.execution.max_workers = int(os.environ.get("AGENT_OPERATOR_WORKERS", "8"))
+
+
+def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
+    for notice in outcome.notices:
+        if notice.warning:
+            kopf.warn(
+                kopf.Body(cast(kopf.RawBody, dict(body))),
+                reason=notice.reason,
+                message=notice.message,
+            )
+        else:
+            kopf.info(
+                kopf.Body(cast(kopf.RawBody, dict(body))),
+                reason=notice.reason,
+                message=notice.message,
+            )
+
+
+def _write_status(body: Mapping[str, Any], outcome: Outcome) -> None:
+    if outcome.status is None:
+        return
+    if status_changed(body.get("status") or {}, outcome.status):
+        meta = body["metadata"]
+        kube.patch_agent_status(meta["namespace"], meta["name"], outcome.status)
+
+
+def _reconcile_spec(body: kopf.Body, what: str) -> None:
+    """Shared body of create/update/resume: apply all children, then raise for kopf's retries."""
+    meta = body["metadata"]
+    with lock_for(meta["namespace"], meta["name"]):
+        try:
+            outcome = reconcile(body, full=True)
+        except ApiException as exc:
+            raise kopf.TemporaryError(
+                f"API call failed: {kube.error_message(exc)}", delay=API_RETRY_SECONDS
+            ) from exc
+        _write_status(body, outcome)
+    _post(body, outcome)
+    if outcome.problem is not None:
+        if outcome.retry:
+            raise kopf.TemporaryError(outcome.problem.message, delay=SECRET_RETRY_SECONDS)
+        raise kopf.PermanentError(outcome.problem.message)
+    image = (body.get("spec") or {}).get("image")
+    kopf.info(
+        body,
+        reason=what,
+        message=f"applied generation {meta.get('generation')} (image {image})",
+    )
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def on_create(body: kopf.Body, **_: Any) -> None:
+    """A new AgentDeployment: create its children."""
+    _reconcile_spec(body, "Created")
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def on_update(body: kopf.Body, **_: Any) -> None:
+    """A spec change: apply it (a new image rolls out; reverting the spec rolls back)."""
+    _reconcile_spec(body, "Updated")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def on_resume(body: kopf.Body, **_: Any) -> None:
+    """Operator restart: re-apply, so changes made while it was down are corrected."""
+    _reconcile_spec(body, "Resumed")
+
+
+def _settled(body: Mapping[str, Any]) -> bool:
+    """False while a spec handler still owns this generation (it retries on its own)."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
+        return False
+    degraded: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Degraded"), {}
+    )
+    return not (degraded.get("status") == "True" and degraded.get("reason") == "InvalidSpec")
+
+
+def _resync(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> None:
+    # Wait for any spec handler of this resource, then read the parent as it is now.
+    with lock_for(namespace, name):
+        body = kube.get_agent(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
+            return
+        outcome = reconcile(body, full=False, live_child=live_child)
+        _write_status(body, outcome)
+    _post(body, outcome)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(name: str, namespace: str | None, **_: Any) -> None:
+    """Periodic drift check of every child, the net under the watches below."""
+    if namespace:
+        _resync(namespace, name, None)
+
+
+def _owner_name(child: Mapping[str, Any]) -> str | None:
+    for ref in child.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref["name"])
+    return None
+
+
+def _on_child(kind: ChildKind, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+    if event.get("type") is None:
+        return  # the initial listing; the resume handlers cover it
+    owner = _owner_name(body)
+    if owner is None:
+        return
+    live = None if event.get("type") == "DELETED" else dict(body)
+    _resync(body["metadata"]["namespace"], owner, (kind, live))
+
+
+def _watch(kind: ChildKind) -> None:
+    group, _, version = kind.api_version.rpartition("/")
+
+    @kopf.on.event(
+        group,
+        version,
+        kind.plural,
+        id=f"watch-{kind.plural}",
+        labels={"app.kubernetes.io/managed-by": MANAGER},
+    )
+    def on_child_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """A change to an owned child: restore it if it drifted, refresh the status."""
+        _on_child(kind, event, body)
+
+
+for _kind in CHILD_KINDS:
+    _watch(_kind)

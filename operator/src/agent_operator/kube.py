@@ -1,0 +1,154 @@
+"""The few Kubernetes API calls the operator makes (server-side apply, delete, get, status)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from agent_operator.builders import MANAGER, ChildKind
+from agent_operator.spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+# A separate manager that only ever holds spec.replicas while ownership passes to the HPA.
+HANDOFF_MANAGER = f"{MANAGER}-handoff"
+
+
+@lru_cache(maxsize=1)
+def api_client() -> ApiClient:
+    """One shared client: in-cluster credentials in a pod, else the current kubeconfig."""
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return ApiClient()
+
+
+def _path(kind: ChildKind, namespace: str, name: str | None = None) -> str:
+    base = "/api/v1" if kind.api_version == "v1" else f"/apis/{kind.api_version}"
+    path = f"{base}/namespaces/{namespace}/{kind.plural}"
+    return f"{path}/{name}" if name else path
+
+
+def _call(
+    method: str,
+    path: str,
+    *,
+    query: list[tuple[str, str]] | None = None,
+    body: str | None = None,
+    content_type: str = "application/json",
+) -> Obj:
+    client = api_client()
+    params = client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = client.call_api(*params)
+    response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException(http_resp=response)
+    data = json.loads(response.data or b"{}")
+    return data if isinstance(data, dict) else {}
+
+
+def apply(kind: ChildKind, obj: Mapping[str, Any], manager: str = MANAGER) -> Obj:
+    """Server-side apply `obj` as our field manager, taking over conflicting fields."""
+    meta = obj["metadata"]
+    return _call(
+        "PATCH",
+        _path(kind, meta["namespace"], meta["name"]),
+        query=[("fieldManager", manager), ("force", "true")],
+        body=json.dumps(obj),
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def get(kind: ChildKind, namespace: str, name: str) -> Obj | None:
+    """The live object, or None when it does not exist."""
+    try:
+        return _call("GET", _path(kind, namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete(kind: ChildKind, namespace: str, name: str) -> bool:
+    """Delete a child; True when something was deleted."""
+    try:
+        _call("DELETE", _path(kind, namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def secret_keys(namespace: str, name: str) -> set[str] | None:
+    """Key names of a Secret (values are never returned or logged), or None if it is absent."""
+    try:
+        data = _call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return set((data.get("data") or {}).keys()) | set((data.get("stringData") or {}).keys())
+
+
+def get_agent(namespace: str, name: str) -> Obj | None:
+    """The AgentDeployment, or None when it is gone."""
+    try:
+        result = CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(result) if isinstance(result, dict) else None
+
+
+def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Replace the status block through the status subresource."""
+    body = json.dumps({"status": status})
+    _call(
+        "PATCH",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+        body=body,
+        content_type="application/merge-patch+json",
+    )
+
+
+def owns_field(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
+    """Whether `manager` owns the field at `path` (e.g. "spec", "replicas") under any operation."""
+    for entry in obj.get("metadata", {}).get("managedFields") or ():
+        if entry.get("manager") != manager:
+            continue
+        node: Any = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
+
+
+def error_message(exc: ApiException) -> str:
+    """The API server's message from an error response, else its reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or exc)
