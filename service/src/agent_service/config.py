@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     def _lowercase_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("model_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable (e.g. an unfilled secret template) means "no key", not a blank key.
+        return None if value == "" else value
+
     @field_validator("model")
     @classmethod
     def _known_provider(cls, value: str) -> str:
