@@ -1,0 +1,159 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "agent.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name, truncated at 63 characters (DNS label limit).
+If the release name contains the chart name it is used as the full name.
+*/}}
+{{- define "agent.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "agent.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "agent.labels" -}}
+helm.sh/chart: {{ include "agent.chart" . }}
+{{ include "agent.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: moorage
+{{- end }}
+
+{{/*
+Selector labels: exactly name + instance, immutable for the life of the release.
+*/}}
+{{- define "agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agent.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use.
+*/}}
+{{- define "agent.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agent.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The agent image reference: a digest pins it, else the tag (appVersion by default).
+*/}}
+{{- define "agent.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the session URL and model API key: the user's, or the chart's.
+*/}}
+{{- define "agent.secretName" -}}
+{{- default (include "agent.fullname" .) .Values.existingSecret.name }}
+{{- end }}
+
+{{/*
+Name of the development Redis.
+*/}}
+{{- define "agent.redisName" -}}
+{{- printf "%s-redis" (include "agent.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Session URL the chart puts in its own Secret: explicit, else the development Redis, else none.
+*/}}
+{{- define "agent.sessionUrl" -}}
+{{- if .Values.session.url }}
+{{- .Values.session.url }}
+{{- else if .Values.redis.enabled }}
+{{- printf "redis://%s:6379/0" (include "agent.redisName" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the session URL in the Secret, or empty when sessions stay in memory.
+*/}}
+{{- define "agent.sessionUrlKey" -}}
+{{- if .Values.existingSecret.name }}
+{{- .Values.existingSecret.sessionUrlKey }}
+{{- else if include "agent.sessionUrl" . }}
+{{- "session-url" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Key of the model API key in the Secret, or empty when the model needs none.
+*/}}
+{{- define "agent.modelApiKeyKey" -}}
+{{- if .Values.existingSecret.name }}
+{{- .Values.existingSecret.modelApiKeyKey }}
+{{- else if .Values.model.apiKey }}
+{{- "model-api-key" }}
+{{- end }}
+{{- end }}
+
+{{/*
+True (non-empty) when the chart itself must create a Secret.
+*/}}
+{{- define "agent.createSecret" -}}
+{{- if and (not .Values.existingSecret.name) (or (include "agent.sessionUrl" .) .Values.model.apiKey) }}true{{- end }}
+{{- end }}
+
+{{/*
+Where the Secret's keys are mounted as files.
+*/}}
+{{- define "agent.secretDir" -}}
+/etc/moorage/secrets
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the preStop drain, then the service's shutdown timeout, then margin.
+*/}}
+{{- define "agent.gracePeriod" -}}
+{{- $t := .Values.termination }}
+{{- add $t.drainDelaySeconds $t.shutdownTimeoutSeconds $t.marginSeconds }}
+{{- end }}
+
+{{/*
+Checks across values that a JSON schema cannot express; a failed one stops the render.
+*/}}
+{{- define "agent.validate" -}}
+{{- $a := .Values.autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- end }}
+{{- $multi := or $a.enabled (gt (int .Values.replicaCount) 1) (gt (int .Values.server.workers) 1) }}
+{{- if and $multi (not (include "agent.sessionUrlKey" .)) }}
+{{- fail "sessions would live in memory:// of one process but more than one will serve: set session.url (external Redis, the production path), existingSecret.name with existingSecret.sessionUrlKey, or redis.enabled=true (development only)" }}
+{{- end }}
+{{- if and .Values.existingSecret.name (or .Values.session.url .Values.model.apiKey) }}
+{{- fail "existingSecret.name is set, so session.url and model.apiKey must be empty: put them in that Secret" }}
+{{- end }}
+{{- end }}

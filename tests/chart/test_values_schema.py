@@ -1,0 +1,76 @@
+"""Bad values fail the render with a message that names the problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.chart.conftest import CHART, run_helm
+
+BAD_VALUES = [
+    pytest.param(
+        ["--set-string", "replicaCount=three"],
+        "at '/replicaCount': got string, want integer",
+        id="string-replicas",
+    ),
+    pytest.param(
+        ["--set", "autoscaling.minReplica=2"],
+        "at '/autoscaling': additional properties 'minReplica' not allowed",
+        id="unknown-key",
+    ),
+    pytest.param(
+        ["--set", "probes.liveness.path=/x"],
+        "at '/probes/liveness': additional properties 'path' not allowed",
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        ["--set", "server.port=80"], "at '/server/port': minimum: got 80", id="privileged-port"
+    ),
+    pytest.param(
+        ["--set", "model.name=gpt"],
+        "at '/model/name': 'gpt' does not match",
+        id="unknown-model-scheme",
+    ),
+    pytest.param(
+        ["--set", "session.url=http://redis:6379"], "at '/session/url'", id="non-redis-session-url"
+    ),
+    pytest.param(
+        [
+            "--set",
+            "autoscaling.enabled=true,autoscaling.minReplicas=5,autoscaling.maxReplicas=3",
+            "--set",
+            "session.url=redis://r:6379",
+        ],
+        "autoscaling.minReplicas (5) must not exceed autoscaling.maxReplicas (3)",
+        id="min-above-max",
+    ),
+    pytest.param(
+        ["--set", "replicaCount=2"], "sessions would live in memory://", id="memory-sessions-shared"
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_VALUES)
+def test_bad_values_fail_the_render_with_a_clear_message(
+    helm: Path, args: list[str], message: str
+) -> None:
+    result = run_helm(helm, "template", "agent", str(CHART), *args, check=False)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+
+
+def test_schema_closes_every_object_of_its_own() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    open_objects = []
+
+    def walk(node: dict, where: str) -> None:
+        if node.get("type") == "object" and "properties" in node:
+            if node.get("additionalProperties") is not False:
+                open_objects.append(where)
+            for name, child in node["properties"].items():
+                walk(child, f"{where}.{name}")
+
+    walk(schema, "values")
+    assert not open_objects
