@@ -1,0 +1,180 @@
+"""The API server enforces the CRD's schema and rules; RBAC grants the operator what it needs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.test_operator_reconcile import (
+    OPERATOR_NS,
+    OPERATOR_SA,
+    install_operator_manifests,
+)
+
+AS_OPERATOR = f"--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster) -> Cluster:
+    """The CRDs and the operator's RBAC, installed from manifests/operator."""
+    install_operator_manifests(cluster)
+    return cluster
+
+
+def _dry_run(cluster: Cluster, namespace: str, spec: Any, **meta: Any) -> tuple[int, str]:
+    manifest = {
+        "apiVersion": "moorage.dev/v1alpha1",
+        "kind": "AgentDeployment",
+        "metadata": {"name": "candidate", **meta},
+        "spec": spec,
+    }
+    result = cluster.kubectl_run(
+        "apply", "-n", namespace, "--dry-run=server", "-f", "-",
+        input=json.dumps(manifest), check=False,
+    )  # fmt: skip
+    return result.returncode, result.stderr
+
+
+def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, namespace: str):
+    result = installed.kubectl_run(
+        "apply", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
+        input=json.dumps({
+            "apiVersion": "moorage.dev/v1alpha1",
+            "kind": "AgentDeployment",
+            "metadata": {"name": "ok"},
+            "spec": {"image": "registry.example.com:5000/team/agent:1.0"},
+        }),
+    )  # fmt: skip
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["autoscaling"] == {
+        "enabled": False,
+        "minReplicas": 2,
+        "maxReplicas": 10,
+        "targetCPUUtilizationPercentage": 70,
+    }
+    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert spec["termination"] == {"drainDelaySeconds": 5, "shutdownTimeoutSeconds": 25}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"image": "a:1", "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+            "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+        ),
+        ({"image": "a:1", "replicas": -1}, "should be greater than or equal to 0"),
+        ({"replicas": 1}, "spec.image: Required value"),
+        ({"image": "a:1", "imagee": "typo"}, 'unknown field "spec.imagee"'),
+        ({"image": "Not A/Valid:Image!"}, "image must be a valid image reference"),
+        (
+            {"image": "a:1", "modelApiKeySecretRef": {"name": "llm"}},
+            "modelApiKeySecretRef must name a key of the Secret",
+        ),
+        (
+            {
+                "image": "a:1",
+                "session": {"url": "redis://r", "urlSecretRef": {"name": "s", "key": "u"}},
+            },
+            "session: set url or urlSecretRef, not both",
+        ),
+        ({"image": "a:1", "session": {"url": "http://r"}}, "session.url must start with redis://"),
+        (
+            {"image": "a:1", "model": {"name": "gpt"}},
+            "model.name must be 'echo' or 'openai:<model>'",
+        ),
+        (
+            {"image": "a:1", "rollout": {"maxSurge": 0, "maxUnavailable": "0%"}},
+            "rollout.maxSurge and rollout.maxUnavailable cannot both be 0",
+        ),
+        (
+            {"image": "a:1", "disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+            "disruptionBudget: set minAvailable or maxUnavailable, not both",
+        ),
+        (
+            {"image": "a:1", "env": [{"name": "AGENT_PORT", "value": "1"}]},
+            "env may not set AGENT_HOST, AGENT_PORT",
+        ),
+        ({"image": "a:1", "logLevel": "loud"}, 'Unsupported value: "loud"'),
+        ({"image": "a:1", "model": {"baseUrl": "ftp://x"}}, "model.baseUrl must be an http"),
+    ],
+)
+def test_invalid_objects_are_rejected_with_the_rules_message(
+    installed: Cluster, namespace: str, spec: dict[str, Any], message: str
+):
+    code, stderr = _dry_run(installed, namespace, spec)
+    assert code != 0
+    assert message in stderr, stderr
+
+
+def test_scaling_below_zero_through_the_scale_subresource_is_rejected(
+    installed: Cluster, namespace: str
+):
+    installed.kubectl_run(
+        "apply", "-n", namespace, "-f", "-",
+        input=json.dumps({
+            "apiVersion": "moorage.dev/v1alpha1",
+            "kind": "AgentDeployment",
+            "metadata": {"name": "scalable"},
+            "spec": {"image": "a:1"},
+        }),
+    )  # fmt: skip
+    result = installed.kubectl_run(
+        "scale", "-n", namespace, "agentdeployment/scalable", "--replicas=-1", check=False
+    )
+    assert result.returncode != 0
+
+
+def _can_i(cluster: Cluster, *args: str) -> bool:
+    result = cluster.kubectl_run("auth", "can-i", AS_OPERATOR, *args, check=False)
+    return result.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("watch", "agentdeployments.moorage.dev", "--all-namespaces"),
+        ("patch", "agentdeployments.moorage.dev", "-n", "team-a"),
+        ("patch", "agentdeployments.moorage.dev", "--subresource=status", "-n", "team-a"),
+        ("update", "agentdeployments.moorage.dev", "--subresource=finalizers", "-n", "team-a"),
+        ("create", "deployments.apps", "-n", "team-a"),
+        ("patch", "deployments.apps", "-n", "team-a"),
+        ("delete", "horizontalpodautoscalers.autoscaling", "-n", "team-a"),
+        ("watch", "poddisruptionbudgets.policy", "--all-namespaces"),
+        ("patch", "services", "-n", "team-a"),
+        ("patch", "configmaps", "-n", "team-a"),
+        ("create", "events", "-n", "team-a"),
+        ("get", "secrets", "-n", "team-a"),
+        ("patch", "clusterkopfpeerings.kopf.dev"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ],
+)
+def test_the_operator_service_account_may_do_what_it_needs(installed: Cluster, args):
+    assert _can_i(installed, *args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("list", "secrets", "--all-namespaces"),
+        ("watch", "secrets", "--all-namespaces"),
+        ("list", "secrets", "-n", "team-a"),
+        ("create", "secrets", "-n", "team-a"),
+        ("update", "agentdeployments.moorage.dev", "-n", "team-a"),
+        ("delete", "agentdeployments.moorage.dev", "-n", "team-a"),
+        ("create", "pods", "-n", "team-a"),
+        ("delete", "pods", "-n", "team-a"),
+        ("create", "pods/exec", "-n", "team-a"),
+        ("create", "serviceaccounts/token", "-n", "team-a"),
+        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", "team-a"),
+        ("patch", "nodes"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("*", "*"),
+    ],
+)
+def test_the_operator_service_account_is_denied_what_it_does_not_need(installed: Cluster, args):
+    assert not _can_i(installed, *args)
