@@ -331,6 +331,8 @@ def test_rollout_undo_on_the_owned_deployment_is_reverted_with_an_event(
     assert "set spec.image" in message
     assert IMAGE_V1 in message
     assert agent(cluster, namespace, "undo")["spec"]["image"] == IMAGE_V2
+    described = cluster.kubectl_run("describe", "-n", namespace, "agentdep", "undo").stdout
+    assert "RollbackReverted" in described
 
 
 def test_a_deleted_child_deployment_is_recreated(
