@@ -24,17 +24,17 @@ class ErrorBody(BaseModel):
     detail: list[dict[str, Any]] | None = None
 
 
-class ApiError(Exception):
+class ApiError(HTTPException):
     """An error with an HTTP status and a reason a client can act on."""
 
     def __init__(
         self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
-        super().__init__(message)
+        # An HTTPException, so that FastAPI lets it through when raised while reading the body.
+        super().__init__(status, message, headers)
         self.status = status
         self.reason = reason
         self.message = message
-        self.headers = headers
 
 
 def error_response(
