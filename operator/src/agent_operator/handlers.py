@@ -1,4 +1,4 @@
-"""kopf handlers: the AgentDeployment itself, a resync timer, and watches on owned children."""
+"""kopf handlers: the AgentDeployment itself, and watches on its owned children."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 SECRET_RETRY_SECONDS = float(os.environ.get("AGENT_OPERATOR_SECRET_RETRY_SECONDS", "10"))
 # Transient API failures are retried after this long.
 API_RETRY_SECONDS = 5.0
-# Safety-net resync of every resource, for anything a watch could have missed.
-RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "60"))
 MANAGED_BY = f"app.kubernetes.io/managed-by={MANAGER}"
 
 
@@ -132,13 +130,6 @@ def _resync(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None)
     _post(body, outcome)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync(name: str, namespace: str | None, **_: Any) -> None:
-    """Periodic drift check of every child, the net under the watches below."""
-    if namespace:
-        _resync(namespace, name, None)
-
-
 def _owner_name(child: Mapping[str, Any]) -> str | None:
     for ref in child.get("metadata", {}).get("ownerReferences") or ():
         if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
@@ -147,8 +138,9 @@ def _owner_name(child: Mapping[str, Any]) -> str | None:
 
 
 def _on_child(kind: ChildKind, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
-    if event.get("type") is None:
-        return  # the initial listing; the resume handlers cover it
+    # Initial listings (type None) are reconciled too: after a watch reconnects they are how
+    # changes made while it was down reach us. There is deliberately no kopf timer: timers put
+    # a finalizer on every AgentDeployment, which would block deletion while the operator is down.
     owner = _owner_name(body)
     if owner is None:
         return

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 IMAGE_PATH = ".spec.template.spec.containers[0].image"
 
-# One reconciliation per AgentDeployment at a time: handlers, timers and child watches
+# One reconciliation per AgentDeployment at a time: spec handlers and child watches
 # run in kopf's thread pool and would otherwise interleave applies of the same children.
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -69,6 +69,13 @@ def owner_of(body: Mapping[str, Any]) -> Owner:
     """The Owner handle of an AgentDeployment body."""
     meta = body["metadata"]
     return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def _degraded_reason(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return str(cond.get("reason"))
+    return None
 
 
 def check_spec(raw: Mapping[str, Any]) -> tuple[AgentSpec | None, Problem | None]:
@@ -152,7 +159,7 @@ def reconcile(
     """Apply the children and compute the status.
 
     full=True (create/update/resume): apply every child from the spec.
-    full=False (timer, child watch): compare live children with the spec and restore only
+    full=False (child watch): compare live children with the spec and restore only
     those that drifted or vanished; `live_child` passes the object a watch event carried.
     """
     owner = owner_of(body)
@@ -171,7 +178,7 @@ def reconcile(
     if problem is not None:
         outcome.problem = problem
         outcome.retry = True
-        if full or (previous.get("state") != "Degraded"):
+        if _degraded_reason(previous) != problem.reason:  # once, not on every retry
             outcome.notices.append(Notice(True, problem.reason, problem.message))
         outcome.status = _status(owner, spec, generation, previous, problem)
         return outcome
