@@ -268,7 +268,7 @@ def test_sample_applied_as_is_becomes_ready_with_owned_children(
     assert table[0].split() == ["NAME", "IMAGE", "DESIRED", "READY", "STATUS", "AGE"]
     assert table[1].split()[:5] == [name, IMAGE_V1, "1", "1", "Ready"]
     assert obj["status"]["recentImages"] == [IMAGE_V1]
-    assert events(cluster, namespace, name, "Created")
+    wait_until(lambda: bool(events(cluster, namespace, name, "Created")), "the Created event", 30)
 
 
 def test_kubectl_scale_on_the_agentdeployment_is_followed_by_the_deployment(
@@ -350,7 +350,7 @@ def test_a_deleted_child_deployment_is_recreated(
         "a new Deployment",
         timeout=60,
     )
-    assert events(cluster, namespace, "gone", "ChildRecreated")
+    wait_until(lambda: bool(events(cluster, namespace, "gone", "ChildRecreated")), "the Event", 30)
     obj = wait_state(cluster, operator, namespace, "gone")
     assert obj["status"]["readyReplicas"] == 2
 
@@ -464,7 +464,9 @@ def test_a_missing_secret_degrades_and_recovers_once_the_secret_exists(
     assert "llm-credentials" in degraded["message"]
     assert condition(obj, "Ready")["status"] == "False"
     assert deployment(cluster, namespace, "secretive") is None
-    assert events(cluster, namespace, "secretive", "SecretNotFound")
+    wait_until(
+        lambda: bool(events(cluster, namespace, "secretive", "SecretNotFound")), "the Event", 30
+    )
     cluster.kubectl_run(
         "create", "secret", "generic", "llm-credentials", "-n", namespace,
         "--from-literal=api-key=not-a-real-key",
