@@ -91,9 +91,13 @@ wait_for() {
   done
 }
 
+# One pid per file, without a trailing newline.
 pids_of_cluster() {
-  [[ -d $cluster_dir/pids ]] || return 0
-  cat "$cluster_dir"/pids/*.pid 2>/dev/null || true
+  local f
+  for f in "$cluster_dir"/pids/*.pid; do
+    [[ -f $f ]] && echo "$(<"$f")"
+  done
+  return 0
 }
 
 cmd_up() {
@@ -138,20 +142,25 @@ cmd_down() {
   rm -rf "$cluster_dir"
 }
 
-case ${1:-} in
-tools) build_tools kubernetes etcd kwok helm4 helm3 kind skaffold ;;
-up) cmd_up ;;
-down) cmd_down ;;
-kubeconfig)
-  if [[ ! -f $kubeconfig ]]; then
-    log "no cluster $CLUSTER_NAME (run make cluster-up)"
-    exit 1
-  fi
-  echo "$kubeconfig"
-  ;;
-paths) printf 'bin_dir=%s\nkubeconfig=%s\n' "$bin_dir" "$kubeconfig" ;;
-*)
-  sed -n '7,11p' "$0" >&2
-  exit 2
-  ;;
-esac
+main() {
+  case ${1:-} in
+  tools) build_tools kubernetes etcd kwok helm4 helm3 kind skaffold ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  kubeconfig)
+    if [[ ! -f $kubeconfig ]]; then
+      log "no cluster $CLUSTER_NAME (run make cluster-up)"
+      exit 1
+    fi
+    echo "$kubeconfig"
+    ;;
+  paths) printf 'bin_dir=%s\nkubeconfig=%s\n' "$bin_dir" "$kubeconfig" ;;
+  *)
+    sed -n '7,11p' "$0" >&2
+    exit 2
+    ;;
+  esac
+}
+
+# Last line on purpose: bash has parsed the whole file before main runs, so editing it is safe.
+main "$@"
