@@ -62,7 +62,7 @@ def test_every_scenario_validates_strictly_against_kubernetes(
 
 
 def test_helm_test_hook_is_rendered_and_validates(render: Render, tmp_path: Path) -> None:
-    hook = find(render(), "Pod")
+    hook = find(render(), "Job")
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
     path = tmp_path / "hook.yaml"
     path.write_text(yaml.safe_dump(hook))
@@ -96,7 +96,7 @@ def test_dev_redis_pods_are_not_selected_by_the_agent_service(render: Render) ->
 def test_pods_meet_the_restricted_pod_security_standard(render: Render, scenario: Path) -> None:
     docs = render(scenario)
     templates = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
-    templates += [d["spec"] for d in docs if d["kind"] == "Pod"]
+    templates += [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Job"]
     assert templates
     for pod in templates:
         assert pod["securityContext"]["runAsNonRoot"] is True
