@@ -1,0 +1,209 @@
+"""charts/agent on a real control plane, with helm v4 and v3: install → upgrade → undo → rollback.
+
+The namespace enforces the restricted Pod Security Standard, so every pod the chart makes is
+admitted only if it is hardened. kwok's fake nodes run no containers: readiness here is the
+kubelet stand-in's, so these tests prove what the API server, admission and the controllers do
+with the chart, not the service's own probes (tests/chart/test_contract.py covers those).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "agent"
+PRODUCTION = CHART / "ci" / "production-values.yaml"
+RELEASE = "agent"
+IMAGE = "localhost/moorage/agent-service"
+SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
+
+
+class Helm:
+    """One helm binary against one namespace, with config dirs kept out of the home."""
+
+    def __init__(self, binary: Path, cluster: Cluster, namespace: str, home: Path) -> None:
+        self.binary = binary
+        self.namespace = namespace
+        self.env = dict(cluster.env)
+        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            self.env[var] = str(home / var.lower())
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.binary), *args, "--namespace", self.namespace],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+        if check:
+            assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
+        return result
+
+
+@pytest.fixture(params=["v4", "v3"])
+def helm(request: pytest.FixtureRequest, cluster: Cluster, namespace: str, tmp_path: Path) -> Helm:
+    """helm v4 or v3 on a namespace that enforces the restricted Pod Security Standard."""
+    cluster.kubectl_run(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    binary = cluster.helm if request.param == "v4" else cluster.helm3
+    helm = Helm(binary, cluster, namespace, tmp_path)
+    assert helm("version", "--short").stdout.startswith(request.param)
+    return helm
+
+
+def get(cluster: Cluster, namespace: str, *what: str) -> Any:
+    """`kubectl get -o json` parsed."""
+    return json.loads(cluster.kubectl_run("get", *what, "-n", namespace, "-o", "json").stdout)
+
+
+def deployment_image(cluster: Cluster, namespace: str) -> str:
+    """Image of the agent container in the Deployment's pod template."""
+    spec = get(cluster, namespace, "deployment", RELEASE)["spec"]["template"]["spec"]
+    return str(next(c["image"] for c in spec["containers"] if c["name"] == "agent"))
+
+
+def rollout(cluster: Cluster, namespace: str) -> None:
+    """Wait for the Deployment's rollout to finish."""
+    cluster.kubectl_run(
+        "rollout", "status", f"deployment/{RELEASE}", "-n", namespace, "--timeout=180s"
+    )
+
+
+def install_args(tag: str, *extra: str) -> list[str]:
+    """Values of the production scenario with a given image tag."""
+    return [
+        "-f", str(PRODUCTION),
+        "--set", f"image.repository={IMAGE}",
+        "--set", f"image.tag={tag}",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_chart_installs_hardened_upgrades_undoes_rolls_back_tests_and_uninstalls(
+    cluster: Cluster, namespace: str, helm: Helm
+) -> None:
+    helm("install", RELEASE, str(CHART), *install_args("v1"), "--wait", "--timeout", "180s")
+
+    # Pods admitted under the restricted standard and Ready; the HPA holds them at minReplicas.
+    def two_ready() -> bool:
+        status = get(cluster, namespace, "deployment", RELEASE).get("status", {})
+        return status.get("readyReplicas") == 2
+
+    wait_until(two_ready, "the HPA to bring the Deployment to minReplicas=2 Ready pods")
+    pods = get(cluster, namespace, "pods", "-l", SELECTOR)["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True"
+
+    # The Service's endpoints hold both pods.
+    def endpoints_filled() -> bool:
+        slices = get(
+            cluster, namespace, "endpointslices", "-l", f"kubernetes.io/service-name={RELEASE}"
+        )["items"]
+        ready = [
+            e
+            for s in slices
+            for e in s.get("endpoints") or []
+            if e.get("conditions", {}).get("ready")
+        ]
+        return len(ready) == 2
+
+    wait_until(endpoints_filled, "the Service's EndpointSlices to list both Ready pods")
+
+    hpa = get(cluster, namespace, "hpa", RELEASE)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == RELEASE
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    wait_until(
+        lambda: get(cluster, namespace, "pdb", RELEASE).get("status", {}).get("expectedPods") == 2,
+        "the PodDisruptionBudget to count both pods",
+    )
+    assert get(cluster, namespace, "networkpolicy", RELEASE)["spec"]["policyTypes"] == [
+        "Ingress",
+        "Egress",
+    ]
+
+    # helm upgrade with a new image tag → a new ReplicaSet running it.
+    helm("upgrade", RELEASE, str(CHART), *install_args("v2"), "--wait", "--timeout", "180s")
+    rollout(cluster, namespace)
+    assert deployment_image(cluster, namespace) == f"{IMAGE}:v2"
+    replicasets = get(cluster, namespace, "replicasets", "-l", SELECTOR)["items"]
+    images = sorted(r["spec"]["template"]["spec"]["containers"][0]["image"] for r in replicasets)
+    assert images == [f"{IMAGE}:v1", f"{IMAGE}:v2"]
+
+    # kubectl rollout undo → the previous image is back.
+    cluster.kubectl_run("rollout", "undo", f"deployment/{RELEASE}", "-n", namespace)
+    rollout(cluster, namespace)
+    assert deployment_image(cluster, namespace) == f"{IMAGE}:v1"
+
+    # helm rollback → revision 1's release again, recorded as revision 3.
+    helm("upgrade", RELEASE, str(CHART), *install_args("v2", "--set", "model.maxSteps=4"))
+    rollout(cluster, namespace)
+    assert get(cluster, namespace, "configmap", RELEASE)["data"]["AGENT_MAX_STEPS"] == "4"
+    helm("rollback", RELEASE, "1", "--wait", "--timeout", "180s")
+    rollout(cluster, namespace)
+    assert deployment_image(cluster, namespace) == f"{IMAGE}:v1"
+    assert get(cluster, namespace, "configmap", RELEASE)["data"]["AGENT_MAX_STEPS"] == "8"
+    history = json.loads(helm("history", RELEASE, "-o", "json").stdout)
+    assert [h["revision"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["description"] == "Rollback to 1"
+
+    # helm test: its hook Job (and pod) is admitted under the restricted standard and passes.
+    tested = helm("test", RELEASE, "--timeout", "120s", check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert f"{RELEASE}-test-readyz" in tested.stdout
+
+    # helm uninstall leaves nothing of the release behind.
+    helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
+
+    def nothing_left() -> bool:
+        leftover = cluster.kubectl_run(
+            "get",
+            "all,configmaps,secrets,serviceaccounts,pdb,hpa,networkpolicies,ingresses,jobs",
+            "-n", namespace, "-l", SELECTOR, "-o", "name",
+        ).stdout.split()  # fmt: skip
+        releases = cluster.kubectl_run(
+            "get", "secrets", "-n", namespace, "-l", f"owner=helm,name={RELEASE}", "-o", "name"
+        ).stdout.split()
+        return not leftover and not releases
+
+    wait_until(nothing_left, "every object of the release to be gone")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["--set-string", "replicaCount=three"], "replicaCount", id="string-replicas"
+        ),
+        pytest.param(
+            ["--set", "autoscaling.minReplica=2"], "additional properties 'minReplica'",
+            id="unknown-key",
+        ),
+        pytest.param(
+            ["-f", str(PRODUCTION), "--set", "autoscaling.minReplicas=7"],
+            "autoscaling.minReplicas (7) must not exceed autoscaling.maxReplicas (6)",
+            id="min-above-max",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_values_fail_the_install_with_the_schemas_message(
+    cluster: Cluster, namespace: str, helm: Helm, args: list[str], message: str
+) -> None:
+    result = helm("install", RELEASE, str(CHART), *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert not helm("list", "-q").stdout.strip()
+    assert not cluster.kubectl_run(
+        "get", "all", "-n", namespace, "-l", SELECTOR, "-o", "name"
+    ).stdout.strip()
