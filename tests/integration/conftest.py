@@ -6,6 +6,7 @@ session ends, no captured output of any process may contain it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -158,7 +159,11 @@ def start_service(tmp_path: Path) -> Iterator:
         _OUTPUTS.append(log_path)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [PYTHON, "-m", "agent_service"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [PYTHON, "-m", "agent_service"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group, so teardown reaches worker processes
             )
         service = Service(port, proc, log_path, env)
         started.append(service)
@@ -166,9 +171,9 @@ def start_service(tmp_path: Path) -> Iterator:
 
     yield start
     for service in started:
-        if service.proc.poll() is None:
-            service.proc.kill()
-            service.proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.proc.pid, signal.SIGKILL)
+        service.proc.wait(timeout=10)
 
 
 def run_service_once(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:

@@ -12,28 +12,31 @@ from agent_service.lifecycle import Lifecycle
 from agent_service.metrics import Metrics
 from agent_service.store import SessionStore
 
+# The providers are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
+# thread, and five thread hops per request cost more CPU than the rest of the shell together.
 
-def _settings(request: Request) -> Settings:
+
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def _store(request: Request) -> SessionStore:
+async def _store(request: Request) -> SessionStore:
     store: SessionStore = request.state.store
     return store
 
 
-def _agent(request: Request) -> Agent:
+async def _agent(request: Request) -> Agent:
     agent: Agent = request.state.agent
     return agent
 
 
-def _lifecycle(request: Request) -> Lifecycle:
+async def _lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.state.lifecycle
     return lifecycle
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.state.metrics
     return metrics
 

@@ -65,9 +65,12 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return error_response(
-        exc.status_code, _reason_for(exc.status_code), str(exc.detail), headers=exc.headers
-    )
+    if exc.status_code == 400:
+        # FastAPI's only 400 here: a body it could not decode (e.g. not UTF-8). To a client
+        # that is malformed JSON like any other, so it gets the same 422.
+        return error_response(422, "invalid-request", "the request body is not valid JSON")
+    reason = _reason_for(exc.status_code)
+    return error_response(exc.status_code, reason, str(exc.detail), headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import threading
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from agent_service.app import create_app
 from agent_service.config import Settings
+from agent_service.logs import configure_logging
 
 
 class Server(uvicorn.Server):
@@ -32,11 +35,17 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def build_app(settings: Settings) -> FastAPI:
+    """The app of one worker process; spawned workers set up their own logging first."""
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM has drained the app (see `lifecycle.drain_on_sigterm`) or SIGINT."""
     config = uvicorn.Config(
         # A factory bound to the settings: each worker process builds its own app from it.
-        functools.partial(create_app, settings),
+        functools.partial(build_app, settings),
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -48,7 +57,10 @@ def serve(settings: Settings) -> None:
         access_log=False,
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        # A spawned worker imports the whole stack before it can answer the supervisor's ping;
+        # on a busy node that exceeds uvicorn's 5 s default and workers get killed in a loop.
+        timeout_worker_healthcheck=30,
     )
     if settings.workers == 1:
         Server(config).run()

@@ -95,7 +95,8 @@ def test_an_unsafe_session_id_in_the_path_is_422(client: TestClient, session_id:
 
 
 @pytest.mark.parametrize(
-    "body", [b"{not json", b"[]", b'{"message": 5}', b'{"message": ""}', b'{"msg": "hi"}']
+    "body",
+    [b"{not json", b"\xff\xfe{", b"[]", b'{"message": 5}', b'{"message": ""}', b'{"msg": "hi"}'],
 )
 def test_malformed_or_wrong_bodies_are_422(client: TestClient, body: bytes) -> None:
     response = client.post("/v1/chat", content=body, headers={"content-type": "application/json"})

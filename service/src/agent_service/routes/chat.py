@@ -26,6 +26,12 @@ router = APIRouter(prefix="/v1", tags=["chat"])
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (413, 422, 502, 503, 504)
 }
+# One server-sent event, as OpenAPI 3.2 describes an event stream's items.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["event", "data"],
+}
 _STORE_DOWN = "the session store is unavailable; retry shortly"
 
 
@@ -64,7 +70,7 @@ async def chat(
     "/chat/stream",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
         **ERROR_RESPONSES,
     },
 )
