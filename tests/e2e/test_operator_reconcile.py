@@ -374,7 +374,9 @@ def test_hand_edited_replicas_are_restored_while_autoscaling_is_off(
     assert ".spec.replicas" in events(cluster, namespace, "edited", "DriftRestored")[0]["message"]
 
 
-def _replicas_owners(dep: dict[str, Any]) -> set[str]:
+def _replicas_owners(cluster: Cluster, namespace: str, name: str) -> set[str]:
+    """Field managers of the Deployment's spec.replicas."""
+    dep = kget(cluster, namespace, "deployment", name, "--show-managed-fields")
     return {
         entry["manager"]
         for entry in dep["metadata"].get("managedFields", [])
@@ -401,7 +403,9 @@ def test_with_autoscaling_on_the_hpa_sets_replicas_and_the_operator_leaves_them(
     dep = deployment(cluster, namespace, "auto")
     assert dep is not None
     assert dep["spec"]["replicas"] == 3
-    assert "moorage-operator" not in _replicas_owners(dep)
+    owners = _replicas_owners(cluster, namespace, "auto")
+    assert "moorage-operator-handoff" in owners
+    assert "moorage-operator" not in owners
     # kwok pods report no CPU, so the HPA controller cannot act on utilisation; it does enforce
     # its bounds. Below minReplicas, the real HPA controller scales the Deployment back up.
     cluster.kubectl_run("scale", "-n", namespace, "deployment/auto", "--replicas=1")
@@ -410,9 +414,7 @@ def test_with_autoscaling_on_the_hpa_sets_replicas_and_the_operator_leaves_them(
         "the HPA controller raising replicas to minReplicas",
         timeout=90,
     )
-    dep = deployment(cluster, namespace, "auto")
-    assert dep is not None
-    assert "kube-controller-manager" in _replicas_owners(dep)
+    assert "kube-controller-manager" in _replicas_owners(cluster, namespace, "auto")
     # A full reconciliation (a spec change) leaves the HPA's choice alone.
     patch_spec(cluster, namespace, "auto", {"autoscaling": {"maxReplicas": 5}})
     wait_until(

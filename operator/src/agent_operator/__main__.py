@@ -16,6 +16,14 @@ from agent_operator.builders import MANAGER
 log = logging.getLogger("agent_operator")
 
 
+class _QuietWatches(logging.Filter):
+    """Drop kopf's per-event "Handler 'watch-…' succeeded." lines; failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Handler 'watch-") and message.endswith("succeeded."))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; each has an AGENT_OPERATOR_* variable as its default."""
     env = os.environ.get
@@ -53,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_format=kopf.LogFormat.JSON,
         log_refkey="object",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietWatches())
     namespaces = [n.strip() for n in args.namespaces.split(",") if n.strip()]
     log.info(
         "starting agent-operator",

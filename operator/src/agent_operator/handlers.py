@@ -33,7 +33,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.reporting_component = MANAGER
-    # Our own Events are posted explicitly; kopf's per-handler chatter only when it matters.
+    # Our own Events are posted explicitly (kopf.event/warn); kopf's per-handler chatter only
+    # when it matters. NB: kopf.info obeys this level, hence kopf.event for Normal events.
     settings.posting.level = logging.WARNING
     settings.peering.name = MANAGER
     for kind in CHILD_KINDS:
@@ -43,19 +44,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
+    target = kopf.Body(cast(kopf.RawBody, dict(body)))
     for notice in outcome.notices:
-        if notice.warning:
-            kopf.warn(
-                kopf.Body(cast(kopf.RawBody, dict(body))),
-                reason=notice.reason,
-                message=notice.message,
-            )
-        else:
-            kopf.info(
-                kopf.Body(cast(kopf.RawBody, dict(body))),
-                reason=notice.reason,
-                message=notice.message,
-            )
+        kopf.event(
+            target,
+            type="Warning" if notice.warning else "Normal",
+            reason=notice.reason,
+            message=notice.message,
+        )
 
 
 def _write_status(body: Mapping[str, Any], outcome: Outcome) -> None:
@@ -72,19 +68,20 @@ def _reconcile_spec(body: kopf.Body, what: str) -> None:
     with lock_for(meta["namespace"], meta["name"]):
         try:
             outcome = reconcile(body, full=True)
+            _write_status(body, outcome)
         except ApiException as exc:
             raise kopf.TemporaryError(
                 f"API call failed: {kube.error_message(exc)}", delay=API_RETRY_SECONDS
             ) from exc
-        _write_status(body, outcome)
     _post(body, outcome)
     if outcome.problem is not None:
         if outcome.retry:
             raise kopf.TemporaryError(outcome.problem.message, delay=SECRET_RETRY_SECONDS)
         raise kopf.PermanentError(outcome.problem.message)
     image = (body.get("spec") or {}).get("image")
-    kopf.info(
+    kopf.event(
         body,
+        type="Normal",
         reason=what,
         message=f"applied generation {meta.get('generation')} (image {image})",
     )

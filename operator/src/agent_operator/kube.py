@@ -43,7 +43,7 @@ def _call(
     path: str,
     *,
     query: list[tuple[str, str]] | None = None,
-    body: str | None = None,
+    body: str | Mapping[str, Any] | None = None,
     content_type: str = "application/json",
 ) -> Obj:
     client = api_client()
@@ -122,7 +122,8 @@ def get_agent(namespace: str, name: str) -> Obj | None:
 
 def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
     """Replace the status block through the status subresource."""
-    body = json.dumps({"status": status})
+    # A dict: the client serialises JSON bodies itself (a str would be encoded twice).
+    body = {"status": dict(status)}
     _call(
         "PATCH",
         f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
