@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,4 +32,5 @@ def test_schemathesis_finds_no_server_error_and_no_response_breaking_the_schema(
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "/v1/chat" in result.stdout
+    cases = [int(n) for n in re.findall(r"(\d+) passed", result.stdout)]
+    assert sum(cases) >= 50, result.stdout[-3000:]  # it really generated and sent cases
