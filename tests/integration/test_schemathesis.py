@@ -29,7 +29,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_breaking_the_schema(
             "--seed", "20261126",
             "--report-dir", str(tmp_path),
         ],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     cases = [int(n) for n in re.findall(r"(\d+) passed", result.stdout)]
