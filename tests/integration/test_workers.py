@@ -16,6 +16,13 @@ def test_two_workers_serve_and_drain_to_exit_0(start_service, redis_server: Redi
         for i in range(20):
             assert client.post("/v1/chat", json={"session_id": "w", "message": f"{i}"}).is_success
         assert len(client.get("/v1/sessions/w").json()["messages"]) == 40
+        # Whichever worker answers the scrape, it reports the turns of both.
+        for _ in range(6):
+            metrics = client.get("/metrics").text
+            assert (
+                'agent_http_requests_total{method="POST",route="/v1/chat",status="200"} 20.0'
+                in metrics
+            )
     service.terminate()
     # Each worker fails readiness while it keeps serving; then all stop and the parent exits 0.
     wait_until(lambda: httpx.get(service.url + "/readyz").status_code == 503, 10, "draining")

@@ -56,6 +56,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
                 await warming
             await model.aclose()
             await store.aclose()
+            metrics.close()
 
     app = FastAPI(
         title="Moorage agent service",

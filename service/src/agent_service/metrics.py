@@ -1,8 +1,17 @@
-"""Prometheus metrics of one app, in a registry of its own so tests can build many apps."""
+"""Prometheus metrics of one app, in a registry of its own so tests can build many apps.
+
+With several worker processes, `PROMETHEUS_MULTIPROC_DIR` is set (see `server.serve`) and every
+worker's /metrics reports the sum over all workers, whichever worker answers the scrape.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -11,6 +20,7 @@ class Metrics:
     """Request, model, agent and store metrics."""
 
     def __init__(self) -> None:
+        self._multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "agent_http_requests",
@@ -28,6 +38,7 @@ class Metrics:
         self.in_flight = Gauge(
             "agent_http_requests_in_flight",
             "HTTP requests being served now.",
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
         self.model_seconds = Histogram(
@@ -51,5 +62,14 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker)."""
+        if self._multiproc_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """Drop this process's live gauges from the shared figures when it stops."""
+        if self._multiproc_dir is not None:
+            mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]

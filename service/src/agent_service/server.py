@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -16,6 +18,7 @@ from uvicorn.supervisors import Multiprocess
 from agent_service.app import create_app
 from agent_service.config import Settings
 from agent_service.logs import configure_logging
+from agent_service.metrics import MULTIPROC_DIR_ENV
 
 
 class Server(uvicorn.Server):
@@ -66,4 +69,7 @@ def serve(settings: Settings) -> None:
         Server(config).run()
         return
     # The supervisor forwards SIGTERM to every worker, each drains itself, then it exits 0.
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    with tempfile.TemporaryDirectory(prefix="agent-metrics-") as metrics_dir:
+        # Workers inherit this and share their metrics through files in it (under /tmp).
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
