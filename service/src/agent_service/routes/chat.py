@@ -7,15 +7,16 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from agent_service.agent import ModelTimeout
+from agent_service.agent import Agent, ModelTimeout
 from agent_service.deps import AgentDep, LifecycleDep, MetricsDep, SettingsDep, StoreDep
 from agent_service.errors import ApiError, ErrorBody
-from agent_service.lifecycle import Lifecycle, Phase
+from agent_service.lifecycle import Phase
 from agent_service.metrics import Metrics
 from agent_service.providers import Message, ModelError
 from agent_service.schemas import ChatRequest, ChatResponse
@@ -35,8 +36,35 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 _STORE_DOWN = "the session store is unavailable; retry shortly"
 
 
-@router.post("/chat", response_model=ChatResponse, responses=ERROR_RESPONSES)
-async def chat(
+@dataclass(frozen=True)
+class Turn:
+    """A validated turn with its session's recent history loaded, and what it needs to finish."""
+
+    session_id: str
+    message: str
+    history: list[Message]
+    timeout_s: float
+    agent: Agent
+    store: SessionStore
+    metrics: Metrics
+
+    async def save(self, reply: str, steps: int) -> None:
+        """Append the user's message and the reply in one atomic write."""
+        now = time.time()
+        try:
+            await self.store.append(
+                self.session_id,
+                (
+                    {"role": "user", "content": self.message, "ts": now},
+                    {"role": "assistant", "content": reply, "ts": now, "steps": steps},
+                ),
+            )
+        except StoreUnavailable:
+            self.metrics.store_errors.labels("write").inc()
+            raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
+
+
+async def begin_turn(
     body: ChatRequest,
     request: Request,
     settings: SettingsDep,
@@ -44,20 +72,43 @@ async def chat(
     agent: AgentDep,
     lifecycle: LifecycleDep,
     metrics: MetricsDep,
-) -> ChatResponse:
-    """Run one agent turn and store both messages atomically."""
-    session_id = _begin(body, request, settings.max_message_chars, lifecycle)
-    history = await _recent(store, metrics, session_id, settings.context_messages)
+) -> Turn:
+    """Refuse what cannot be served, then load the session's recent history."""
+    # Draining still serves: load balancers need the drain delay to stop sending traffic.
+    if lifecycle.phase is Phase.STARTING:
+        raise ApiError(503, "starting", "the service is starting", {"Retry-After": "1"})
+    if len(body.message) > settings.max_message_chars:
+        raise ApiError(
+            422, "message-too-long", f"message exceeds {settings.max_message_chars} characters"
+        )
+    session_id = body.session_id or secrets.token_urlsafe(16)
+    request.state.session_id = session_id
     try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            result = await agent.run(history, body.message)
+        history = await store.recent(session_id, settings.context_messages)
+    except StoreUnavailable:
+        metrics.store_errors.labels("read").inc()
+        raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
+    return Turn(
+        session_id, body.message, history, settings.request_timeout_s, agent, store, metrics
+    )
+
+
+TurnDep = Annotated[Turn, Depends(begin_turn)]
+
+
+@router.post("/chat", response_model=ChatResponse, responses=ERROR_RESPONSES)
+async def chat(turn: TurnDep, request: Request) -> ChatResponse:
+    """Run one agent turn and store both messages atomically."""
+    try:
+        async with asyncio.timeout(turn.timeout_s):
+            result = await turn.agent.run(turn.history, turn.message)
     except (TimeoutError, ModelTimeout) as err:
         raise _timeout_error(err) from None
     except ModelError as err:
         raise ApiError(502, "model-unavailable", str(err)) from None
-    await _save(store, metrics, session_id, body.message, result.reply, result.steps)
+    await turn.save(result.reply, result.steps)
     return ChatResponse(
-        session_id=session_id,
+        session_id=turn.session_id,
         reply=result.reply,
         steps=result.steps,
         stop_reason=result.stop_reason,
@@ -74,30 +125,20 @@ async def chat(
         **ERROR_RESPONSES,
     },
 )
-async def chat_stream(
-    body: ChatRequest,
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    agent: AgentDep,
-    lifecycle: LifecycleDep,
-    metrics: MetricsDep,
-) -> StreamingResponse:
+async def chat_stream(turn: TurnDep) -> StreamingResponse:
     """Run one turn, streaming tool calls and the reply as server-sent events."""
-    session_id = _begin(body, request, settings.max_message_chars, lifecycle)
-    history = await _recent(store, metrics, session_id, settings.context_messages)
 
     async def events() -> AsyncIterator[str]:
-        yield _sse("session", {"session_id": session_id})
+        yield _sse("session", {"session_id": turn.session_id})
         final: dict[str, Any] = {}
         try:
-            async with asyncio.timeout(settings.request_timeout_s):
-                async for event in agent.events(history, body.message):
+            async with asyncio.timeout(turn.timeout_s):
+                async for event in turn.agent.events(turn.history, turn.message):
                     if event["type"] == "reply":
                         final = event
                     else:
                         yield _sse(event.pop("type"), event)
-            await _save(store, metrics, session_id, body.message, final["content"], final["steps"])
+            await turn.save(final["content"], final["steps"])
         except ApiError as err:
             yield _sse("error", {"error": err.reason, "message": err.message})
             return
@@ -109,51 +150,13 @@ async def chat_stream(
             yield _sse("error", {"error": "model-unavailable", "message": str(err)})
             return
         final.pop("type")
-        yield _sse("reply", {"session_id": session_id, **final})
+        yield _sse("reply", {"session_id": turn.session_id, **final})
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-def _begin(body: ChatRequest, request: Request, max_chars: int, lifecycle: Lifecycle) -> str:
-    # Draining still serves: load balancers need the drain delay to stop sending traffic.
-    if lifecycle.phase is Phase.STARTING:
-        raise ApiError(503, "starting", "the service is starting", {"Retry-After": "1"})
-    if len(body.message) > max_chars:
-        raise ApiError(422, "message-too-long", f"message exceeds {max_chars} characters")
-    session_id = body.session_id or secrets.token_urlsafe(16)
-    request.state.session_id = session_id
-    return session_id
-
-
-async def _recent(
-    store: SessionStore, metrics: Metrics, session_id: str, limit: int
-) -> list[Message]:
-    try:
-        return await store.recent(session_id, limit)
-    except StoreUnavailable:
-        metrics.store_errors.labels("read").inc()
-        raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
-
-
-async def _save(
-    store: SessionStore, metrics: Metrics, session_id: str, text: str, reply: str, steps: int
-) -> None:
-    now = time.time()
-    try:
-        await store.append(
-            session_id,
-            (
-                {"role": "user", "content": text, "ts": now},
-                {"role": "assistant", "content": reply, "ts": now, "steps": steps},
-            ),
-        )
-    except StoreUnavailable:
-        metrics.store_errors.labels("write").inc()
-        raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
 
 
 def _timeout_error(err: Exception) -> ApiError:
