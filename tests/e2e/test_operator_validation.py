@@ -178,3 +178,35 @@ def test_the_operator_service_account_may_do_what_it_needs(installed: Cluster, a
 )
 def test_the_operator_service_account_is_denied_what_it_does_not_need(installed: Cluster, args):
     assert not _can_i(installed, *args)
+
+
+def test_the_operator_pod_passes_the_restricted_pod_security_standard(installed: Cluster):
+    deployment = json.loads(
+        installed.kubectl_run(
+            "get", "-n", OPERATOR_NS, "deployment/moorage-operator", "-o", "json"
+        ).stdout
+    )
+    template = deployment["spec"]["template"]
+    assert deployment["spec"]["replicas"] in (0, 1)  # the e2e fixture scales the kwok copy to 0
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = template["spec"]["containers"]
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    port = next(p for p in container["ports"] if p["name"] == "liveness")
+    assert env["AGENT_OPERATOR_LIVENESS"].endswith(f":{port['containerPort']}/healthz")
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "liveness",
+        "scheme": "HTTP",
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pss-probe", "namespace": OPERATOR_NS},
+        "spec": template["spec"],
+    }
+    # The namespace enforces `restricted`: admission refuses a non-compliant pod outright.
+    result = installed.kubectl_run(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "violate" not in result.stderr
