@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 KEY_PREFIX = "moorage:session:"
+# Connections per worker process: Redis runs commands one at a time, so more would only queue
+# there instead of here.
+POOL_SIZE = 64
+POOL_WAIT_S = 2.0
+_T = TypeVar("_T")
 
 
 class StoreUnavailable(Exception):
@@ -52,6 +58,7 @@ class RedisStore:
         self._ttl_s = ttl_s
         self._redis = aioredis.Redis.from_url(
             url,
+            max_connections=POOL_SIZE,
             socket_connect_timeout=1.0,
             socket_timeout=2.0,
             # Few, quick retries: a request should fail fast to a 503, not hang.
@@ -59,40 +66,56 @@ class RedisStore:
             health_check_interval=15,
             decode_responses=False,
         )
+        # redis-py's pool raises "Too many connections" once every connection is busy, which
+        # turned a burst of 256 concurrent turns into a storm of 503s. A burst waits here for a
+        # free connection instead (at most POOL_WAIT_S); this costs a fraction of what redis-py's
+        # BlockingConnectionPool adds to every command.
+        self._slots = asyncio.Semaphore(POOL_SIZE)
+
+    async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one command (or pipeline) on a free connection; any failure is StoreUnavailable."""
+        try:
+            if self._slots.locked():
+                async with asyncio.timeout(POOL_WAIT_S):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
+        except TimeoutError as err:
+            raise StoreUnavailable("no free connection") from err
+        try:
+            return await command()
+        except (RedisError, OSError) as err:
+            raise StoreUnavailable(type(err).__name__) from err
+        finally:
+            self._slots.release()
 
     async def ping(self) -> None:
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(type(err).__name__) from err
+        await self._run(self._redis.ping)
 
     async def recent(self, session_id: str, limit: int) -> list[Message]:
-        try:
-            raw = await self._redis.lrange(KEY_PREFIX + session_id, -limit, -1)
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(type(err).__name__) from err
+        key = KEY_PREFIX + session_id
+        raw = await self._run(lambda: self._redis.lrange(key, -limit, -1))
         return [json.loads(item) for item in raw]
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         key = KEY_PREFIX + session_id
         encoded = [json.dumps(m, separators=(",", ":")) for m in messages]
-        try:
+
+        async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(key, *encoded)
                 pipe.expire(key, self._ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(type(err).__name__) from err
+
+        await self._run(write)
 
     async def history(self, session_id: str) -> list[Message] | None:
         messages = await self.recent(session_id, 0)
         return messages or None
 
     async def delete(self, session_id: str) -> bool:
-        try:
-            return bool(await self._redis.delete(KEY_PREFIX + session_id))
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(type(err).__name__) from err
+        key = KEY_PREFIX + session_id
+        return bool(await self._run(lambda: self._redis.delete(key)))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
