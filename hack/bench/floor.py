@@ -80,8 +80,11 @@ class Floor:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # The service's RedisStore client options: same library, same per-command cost.
+                # Its pool is just big enough for the bench's 256 connections: redis-py's default
+                # of 100 fails a burst, and guarding that (as the service does) is shell work.
                 self.redis = aioredis.Redis.from_url(
                     self.redis_url,
+                    max_connections=512,
                     socket_connect_timeout=1.0,
                     socket_timeout=2.0,
                     retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),

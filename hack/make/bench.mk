@@ -4,7 +4,9 @@ APT_PACKAGES += wrk
 
 # BENCH_QUICK=1: a smoke run of a few seconds per scenario that leaves docs/benchmarks.md alone.
 BENCH_OUT ?= $(ROOT)/bench-out
-export BENCH_OUT
+# Bytecode of the benchmarked processes lives here, outside the virtualenv (see bench.py).
+BENCH_PYCACHE ?= $(CACHE_DIR)/bench-pycache
+export BENCH_OUT BENCH_PYCACHE
 
 .PHONY: bench
 
