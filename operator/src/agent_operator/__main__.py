@@ -35,7 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--liveness",
-        default=env("AGENT_OPERATOR_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        # Loopback by default; the in-cluster Deployment sets 0.0.0.0 for the kubelet's probe.
+        default=env("AGENT_OPERATOR_LIVENESS", "http://127.0.0.1:8081/healthz"),
         help="kopf liveness endpoint URL; empty to disable",
     )
     parser.add_argument(

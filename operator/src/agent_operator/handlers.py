@@ -37,6 +37,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # when it matters. NB: kopf.info obeys this level, hence kopf.event for Normal events.
     settings.posting.level = logging.WARNING
     settings.peering.name = MANAGER
+    # One ClusterKopfPeering for every mode, so a namespaced instance and a cluster-wide one
+    # also see each other (kopf would otherwise expect a KopfPeering in each namespace).
+    settings.peering.clusterwide = True
     for kind in CHILD_KINDS:
         group, _sep, version = kind.api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
