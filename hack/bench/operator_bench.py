@@ -224,7 +224,12 @@ def main() -> int:
     report = {
         "benchmark": "operator apply-to-Ready",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # Shared machine: the load says how much else competed for the CPUs meanwhile.
+            "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        },
         "cluster": "kwokctl binary runtime (fake kwok nodes: pods Ready without running)",
         "rounds": rounds,
         "operator_rss_kib": {"idle": idle_rss, "peak": sampler.peak, "after": after_rss},
@@ -238,6 +243,7 @@ def main() -> int:
         )
     mib = {k: round(v / 1024, 1) for k, v in report["operator_rss_kib"].items()}
     print(f"operator RSS MiB: idle {mib['idle']}, peak {mib['peak']}, after {mib['after']}")
+    print(f"load average (1/5/15 min): {report['machine']['loadavg_1_5_15']}")
     print(f"wrote {args.out}")
     return 0
 
