@@ -1,6 +1,6 @@
 # Container images: built with buildah (no Docker engine here) on a debootstrap base, because no
 # container registry is reachable. Storage lives in the cache, outside the repository.
-APT_PACKAGES += buildah debootstrap
+APT_PACKAGES += buildah debootstrap iproute2
 
 IMAGE_TAG ?= dev
 SERVICE_IMAGE ?= localhost/moorage/agent-service
@@ -15,7 +15,7 @@ CA_BUNDLE ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/
 IMAGE_BUILD_FLAGS = --isolation chroot --format docker --layers --pull=never \
 	--build-arg BASE_IMAGE=$(BASE_IMAGE_LOCAL) $(if $(CA_BUNDLE),--secret id=ca-bundle$(,)src=$(CA_BUNDLE))
 , := ,
-export BUILDAH_FLAGS
+export BUILDAH_FLAGS CACHE_DIR
 
 .PHONY: image image-base image-lint image-service image-operator
 
@@ -26,12 +26,10 @@ image-lint: sync ## hadolint the Dockerfile
 	$(UV) run --frozen hadolint $(ROOT)/Dockerfile
 
 image-service: image-base
-	$(ROOT)/hack/image/timed.sh $(CACHE_DIR)/logs/image-build-times.log service \
-	  $(BUILDAH) bud $(IMAGE_BUILD_FLAGS) --target service -t $(SERVICE_IMAGE):$(IMAGE_TAG) -f $(ROOT)/Dockerfile $(ROOT)
+	$(ROOT)/hack/image/build.sh service $(SERVICE_IMAGE):$(IMAGE_TAG) -- $(IMAGE_BUILD_FLAGS)
 
 image-operator: image-base
-	$(ROOT)/hack/image/timed.sh $(CACHE_DIR)/logs/image-build-times.log operator \
-	  $(BUILDAH) bud $(IMAGE_BUILD_FLAGS) --target operator -t $(OPERATOR_IMAGE):$(IMAGE_TAG) -f $(ROOT)/Dockerfile $(ROOT)
+	$(ROOT)/hack/image/build.sh operator $(OPERATOR_IMAGE):$(IMAGE_TAG) -- $(IMAGE_BUILD_FLAGS)
 
 image: image-lint image-service image-operator ## build the service and operator images with buildah
 	@$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E '$(SERVICE_IMAGE)|$(OPERATOR_IMAGE)' || true
