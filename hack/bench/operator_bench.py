@@ -86,6 +86,27 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and its descendants so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = [
+                child
+                for task in Path(f"/proc/{current}/task").iterdir()
+                for child in (task / "children").read_text().split()
+            ]
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pending.extend(int(c) for c in children)
+    return total
+
+
 class RssSampler(threading.Thread):
     """Samples the operator's RSS every 100 ms; keeps the peak."""
 
@@ -212,7 +233,9 @@ def main() -> int:
         sampler = RssSampler(proc.pid)
         sampler.start()
         for count in (int(c) for c in args.counts.split(",")):
+            cpu_before = cpu_seconds(proc.pid)
             rounds.append(run_round(kubectl, namespace, count))
+            rounds[-1]["operator_cpu_seconds"] = round(cpu_seconds(proc.pid) - cpu_before, 2)
             print(json.dumps(rounds[-1]))
         sampler.stopped.set()
         after_rss = rss_kib(proc.pid)
@@ -239,7 +262,8 @@ def main() -> int:
     for r in rounds:
         print(
             f"{r['count']:>3} AgentDeployments: all Ready in {r['all_ready_seconds']} s "
-            f"(p50 {r.get('p50_seconds')} s, p95 {r.get('p95_seconds')} s)"
+            f"(p50 {r.get('p50_seconds')} s, p95 {r.get('p95_seconds')} s), "
+            f"operator CPU {r['operator_cpu_seconds']} s"
         )
     mib = {k: round(v / 1024, 1) for k, v in report["operator_rss_kib"].items()}
     print(f"operator RSS MiB: idle {mib['idle']}, peak {mib['peak']}, after {mib['after']}")
