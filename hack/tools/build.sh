@@ -3,8 +3,8 @@
 #
 # Usage: build.sh <tool>          build (a no-op when the stamp matches)
 #        build.sh --dir <tool>    print the install directory only
-# Reads hack/tools/<tool>/build.env for VERSION, PACKAGES (import paths, "pkg=name" to rename the
-# binary), optional LDFLAGS, TAGS and CGO. Installs into $CACHE_DIR/bin/<tool>-<VERSION>/ and writes a
+# Reads hack/tools/<tool>/build.env for VERSION, PACKAGES (main packages; each binary is named
+# after the last element of its import path), optional LDFLAGS, TAGS and CGO. Installs into $CACHE_DIR/bin/<tool>-<VERSION>/ and writes a
 # stamp holding a hash of the wrapper files, so a later run is a no-op unless the pins changed.
 # Concurrent runs for one tool (make test and a fixture, two helpers) serialise on a lock.
 set -euo pipefail
@@ -41,19 +41,19 @@ main() {
   # Another run may have finished the build while this one waited for the lock.
   [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
 
-  local start spec pkg name
+  local start tmp
   start=$(date +%s)
+  tmp=$(mktemp -d "$out.tmp.XXXXXX")
   # The wrapper's go.sum pins every dependency; -mod=mod would let the build rewrite it.
   export GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=${CGO:-0}
   cd "$dir"
-  for spec in $PACKAGES; do
-    pkg=${spec%%=*}
-    name=${spec#*=}
-    [[ $name == "$spec" ]] && name=${pkg##*/}
-    echo "build.sh: $tool: go build $pkg -> $out/$name" >&2
-    go build -trimpath -tags "${TAGS:-}" -ldflags "-s -w ${LDFLAGS:-}" -o "$out/$name.tmp.$$" "$pkg"
-    mv -f "$out/$name.tmp.$$" "$out/$name"
-  done
+  echo "build.sh: $tool $VERSION: go build $PACKAGES -> $out/" >&2
+  # One invocation for all of a tool's commands: shared packages compile once and the links
+  # (the slow part for kube-*) run in parallel. Each binary is named after its package.
+  # shellcheck disable=SC2086
+  go build -trimpath -tags "${TAGS:-}" -ldflags "-s -w ${LDFLAGS:-}" -o "$tmp/" $PACKAGES
+  mv -f "$tmp"/* "$out/"
+  rmdir "$tmp"
   echo "$want" >"$stamp"
   echo "$(date -u +%FT%TZ) $tool $VERSION built in $(($(date +%s) - start))s" |
     tee -a "$CACHE_DIR/logs/build-times.log" >&2
