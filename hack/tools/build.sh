@@ -35,6 +35,10 @@ main() {
   want=$(cat "$dir/go.mod" "$dir/go.sum" "$dir/build.env" | sha256sum | cut -d' ' -f1)
   [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
 
+  if ! command -v go >/dev/null; then
+    echo "build.sh: the Go toolchain (1.26 or newer) is needed to build $tool" >&2
+    return 1
+  fi
   mkdir -p "$out" "$CACHE_DIR/logs"
   exec 9>"$out.lock"
   flock 9
