@@ -88,3 +88,25 @@ def test_a_second_instance_pauses_both_until_it_leaves(
         if second is not None:
             second.stop()
         assert first.stop() == 0
+
+
+def test_changes_made_while_the_operator_was_down_are_corrected_when_it_starts(
+    cluster: Cluster, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    op = _start(cluster, kubeconfig, tmp_path / "before.log")
+    try:
+        apply_agent(cluster, namespace, "resumed")
+        wait_state(cluster, op, namespace, "resumed")
+    finally:
+        assert op.stop() == 0
+    cluster.kubectl_run("delete", "-n", namespace, "deployment/resumed", "--wait=true")
+    cluster.kubectl_run("scale", "-n", namespace, "agentdeployment/resumed", "--replicas=2")
+    op = _start(cluster, kubeconfig, tmp_path / "after.log")
+    try:
+        obj = wait_state(cluster, op, namespace, "resumed")
+        dep = deployment(cluster, namespace, "resumed")
+        assert dep is not None
+        assert dep["spec"]["replicas"] == 2
+        assert obj["status"]["readyReplicas"] == 2
+    finally:
+        assert op.stop() == 0
