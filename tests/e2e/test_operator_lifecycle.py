@@ -1,4 +1,4 @@
-"""Namespaced operation, and kopf peering keeping a single active operator instance."""
+"""Operator lifecycle: namespaced operation, peering (one active instance), resume."""
 
 from __future__ import annotations
 
