@@ -10,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent_service.direct import ROUTES
 from agent_service.errors import ApiError
 from agent_service.metrics import Metrics
 
@@ -52,7 +53,12 @@ class ShellMiddleware:
             if declared is not None and declared > self.max_body_bytes:
                 await _send_too_large(send_with_id, self.max_body_bytes)
             else:
-                await self.app(scope, self._limited(receive), send_with_id)
+                # The hot routes skip FastAPI's per-request machinery (see `direct`).
+                direct = ROUTES.get((scope["method"], scope["path"]))
+                if direct is not None:
+                    await direct(scope, self._limited(receive), send_with_id, self.app)
+                else:
+                    await self.app(scope, self._limited(receive), send_with_id)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
