@@ -283,6 +283,10 @@ def test_kubectl_scale_on_the_agentdeployment_is_followed_by_the_deployment(
     assert dep is not None
     assert dep["spec"]["replicas"] == 3
     assert (obj["status"]["replicas"], obj["status"]["readyReplicas"]) == (3, 3)
+    # Three pods with the sample's in-memory sessions: the operator warns.
+    wait_until(
+        lambda: bool(events(cluster, namespace, "scaled", "SessionsNotShared")), "the Event", 30
+    )
     scale = kget(cluster, namespace, "agentdeployment", "scaled", "--subresource=scale")
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == obj["status"]["selector"]
@@ -426,6 +430,11 @@ def test_with_autoscaling_on_the_hpa_sets_replicas_and_the_operator_leaves_them(
     assert (deployment(cluster, namespace, "auto") or {})["spec"]["replicas"] == 2
     assert obj["status"]["desiredReplicas"] == 2
     assert not events(cluster, namespace, "auto", "DriftRestored")
+    # Scaling the resource itself while the HPA is in charge is refused with a warning.
+    cluster.kubectl_run("scale", "-n", namespace, "agentdeployment/auto", "--replicas=7")
+    wait_until(lambda: bool(events(cluster, namespace, "auto", "ReplicasIgnored")), "the Event", 30)
+    wait_state(cluster, operator, namespace, "auto")
+    assert (deployment(cluster, namespace, "auto") or {})["spec"]["replicas"] == 2
     # Off again: the operator owns replicas once more and deletes the HPA.
     patch_spec(cluster, namespace, "auto", {"replicas": 3, "autoscaling": {"enabled": False}})
     wait_state(cluster, operator, namespace, "auto")

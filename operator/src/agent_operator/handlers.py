@@ -65,12 +65,12 @@ def _write_status(body: Mapping[str, Any], outcome: Outcome) -> None:
         kube.patch_agent_status(meta["namespace"], meta["name"], outcome.status)
 
 
-def _reconcile_spec(body: kopf.Body, what: str) -> None:
+def _reconcile_spec(body: kopf.Body, what: str, replicas_changed: bool = False) -> None:
     """Shared body of create/update/resume: apply all children, then raise for kopf's retries."""
     meta = body["metadata"]
     with lock_for(meta["namespace"], meta["name"]):
         try:
-            outcome = reconcile(body, full=True)
+            outcome = reconcile(body, full=True, replicas_changed=replicas_changed)
             _write_status(body, outcome)
         except ApiException as exc:
             raise kopf.TemporaryError(
@@ -97,9 +97,10 @@ def on_create(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def on_update(body: kopf.Body, **_: Any) -> None:
+def on_update(body: kopf.Body, diff: kopf.Diff, **_: Any) -> None:
     """A spec change: apply it (a new image rolls out; reverting the spec rolls back)."""
-    _reconcile_spec(body, "Updated")
+    replicas_changed = any(tuple(change[1]) == ("spec", "replicas") for change in diff)
+    _reconcile_spec(body, "Updated", replicas_changed)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -150,11 +150,41 @@ def _drift_notice(
     )
 
 
+def advisories(spec: AgentSpec, replicas_changed: bool) -> list[Notice]:
+    """Warnings about a valid spec that will not do what its author may expect."""
+    notices = []
+    if spec.autoscaling.enabled and replicas_changed:
+        notices.append(
+            Notice(
+                True,
+                "ReplicasIgnored",
+                "spec.replicas changed but autoscaling is on: the HPA sets the pod count "
+                f"(between {spec.autoscaling.min_replicas} and {spec.autoscaling.max_replicas})",
+            )
+        )
+    many = spec.autoscaling.enabled or spec.replicas > 1
+    memory = spec.session.url_secret_ref is None and (spec.session.url or "memory://").startswith(
+        "memory://"
+    )
+    if many and memory:
+        notices.append(
+            Notice(
+                True,
+                "SessionsNotShared",
+                "more than one replica with memory:// sessions: each pod keeps its own, so a "
+                "conversation breaks when requests move between pods; set session.url or "
+                "session.urlSecretRef to a Redis",
+            )
+        )
+    return notices
+
+
 def reconcile(
     body: Mapping[str, Any],
     *,
     full: bool,
     live_child: tuple[ChildKind, Obj | None] | None = None,
+    replicas_changed: bool = False,
 ) -> Outcome:
     """Apply the children and compute the status.
 
@@ -183,6 +213,8 @@ def reconcile(
         outcome.status = _status(owner, spec, generation, previous, problem)
         return outcome
 
+    if full:
+        outcome.notices.extend(advisories(spec, replicas_changed))
     deployment: Obj | None = None
     for kind, name, desired in build_children(owner, spec):
         if live_child is not None and live_child[0] is not kind:

@@ -92,3 +92,26 @@ def test_operator_options_default_from_the_environment(monkeypatch):
     assert args.namespaces == "team-a,team-b"
     assert args.liveness == ""
     assert parse_args(["--namespaces", "x"]).namespaces == "x"
+
+
+def test_scaling_the_resource_while_autoscaling_is_on_is_called_out():
+    from agent_operator.reconcile import advisories
+    from agent_operator.spec import parse_spec
+
+    auto = parse_spec(
+        {"image": "a", "autoscaling": {"enabled": True}, "session": {"url": "redis://r"}}
+    )
+    assert [n.reason for n in advisories(auto, replicas_changed=True)] == ["ReplicasIgnored"]
+    assert advisories(auto, replicas_changed=False) == []
+
+
+def test_more_than_one_replica_with_in_memory_sessions_is_called_out():
+    from agent_operator.reconcile import advisories
+    from agent_operator.spec import parse_spec
+
+    assert advisories(parse_spec({"image": "a", "replicas": 1}), False) == []
+    (notice,) = advisories(parse_spec({"image": "a", "replicas": 2}), False)
+    assert notice.reason == "SessionsNotShared"
+    assert notice.warning
+    shared = {"image": "a", "replicas": 2, "session": {"urlSecretRef": {"name": "s", "key": "u"}}}
+    assert advisories(parse_spec(shared), False) == []
