@@ -8,7 +8,7 @@ MANIFESTS_RELEASE := agent
 
 .PHONY: chart-tools chart-lint manifests
 
-chart-tools: tool-helm4 tool-skaffold tool-kubernetes ## build the pinned helm, skaffold and kubectl the chart tier uses
+chart-tools: tool-helm4 tool-helm3 tool-skaffold tool-kind tool-kubernetes ## build the pinned helm v4/v3, skaffold, kind and kubectl the chart tier uses
 
 chart-lint: chart-tools ## helm lint --strict the chart with every ci/*-values.yaml scenario
 	@for f in $(ROOT)/charts/agent/ci/*-values.yaml; do \
