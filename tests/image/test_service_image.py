@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.image.conftest import Image, Running, run_image, stop
 
@@ -94,3 +95,18 @@ def test_service_logs_are_json_lines(service_image: Image, service: Running) -> 
     assert lines
     for line in lines:
         json.loads(line)
+
+
+def test_the_charts_pod_spec_fits_the_image(service_image: Image) -> None:
+    """The chart's command is on the image's PATH and its user is the image's user."""
+    manifest = Path(__file__).resolve().parents[2] / "manifests" / "agent" / "deployment.yaml"
+    pod = yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "agent")
+    command = container["command"][0]
+    path_dirs = service_image.env["PATH"].split(":")
+    assert any((service_image.rootfs / d.lstrip("/") / command).exists() for d in path_dirs)
+    assert service_image.user == f"{pod['securityContext']['runAsUser']}:" + str(
+        pod["securityContext"]["runAsGroup"]
+    )
+    port = container["ports"][0]["containerPort"]
+    assert port == declared_port(service_image)
