@@ -492,6 +492,33 @@ def test_a_missing_secret_degrades_and_recovers_once_the_secret_exists(
     assert "not-a-real-key" not in json.dumps(obj) + json.dumps(dep) + operator.output()
 
 
+def test_a_secret_deleted_later_degrades_drift_repair_until_it_is_back(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    cluster.kubectl_run(
+        "create", "secret", "generic", "store", "-n", namespace,
+        "--from-literal=url=redis://redis.example:6379/0",
+    )  # fmt: skip
+    apply_agent(
+        cluster, namespace, "fragile", session={"urlSecretRef": {"name": "store", "key": "url"}}
+    )
+    wait_state(cluster, operator, namespace, "fragile")
+    cluster.kubectl_run("delete", "secret", "store", "-n", namespace)
+    # The next repair (a deleted Deployment) notices: recreating pods that cannot start is
+    # refused, and the resource says why.
+    cluster.kubectl_run("delete", "-n", namespace, "deployment/fragile", "--wait=true")
+    obj = wait_state(cluster, operator, namespace, "fragile", state="Degraded")
+    assert condition(obj, "Degraded")["reason"] == "SecretNotFound"
+    assert deployment(cluster, namespace, "fragile") is None
+    cluster.kubectl_run(
+        "create", "secret", "generic", "store", "-n", namespace,
+        "--from-literal=url=redis://redis.example:6379/0",
+    )  # fmt: skip
+    wait_state(cluster, operator, namespace, "fragile")
+    assert deployment(cluster, namespace, "fragile") is not None
+    wait_until(lambda: bool(events(cluster, namespace, "fragile", "Recovered")), "the Event", 30)
+
+
 def test_a_spec_the_api_server_refuses_is_degraded_once_without_a_retry_loop(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:

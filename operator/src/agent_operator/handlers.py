@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -12,7 +14,15 @@ from kubernetes.client.exceptions import ApiException
 
 from agent_operator import kube
 from agent_operator.builders import CHILD_KINDS, MANAGER, ChildKind
-from agent_operator.reconcile import Outcome, lock_for, reconcile, status_changed
+from agent_operator.reconcile import (
+    SECRET_REASONS,
+    Notice,
+    Outcome,
+    degraded_reason,
+    lock_for,
+    reconcile,
+    status_changed,
+)
 from agent_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -120,15 +130,53 @@ def _settled(body: Mapping[str, Any]) -> bool:
     return not (degraded.get("status") == "True" and degraded.get("reason") == "InvalidSpec")
 
 
-def _resync(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> None:
+# Resources whose drift repair waits for a missing Secret, each with its pending retry.
+_retries: dict[tuple[str, str], threading.Timer] = {}
+_retries_guard = threading.Lock()
+
+
+def _retry_later(namespace: str, name: str) -> None:
+    """Re-run the drift repair after SECRET_RETRY_SECONDS (once per resource at a time)."""
+
+    def fire() -> None:
+        with _retries_guard:
+            _retries.pop((namespace, name), None)
+        try:
+            _resync(namespace, name, None, full=True)
+        except Exception:  # a background thread: log it (as JSON) and try again later
+            log.exception("retrying %s/%s failed", namespace, name)
+            _retry_later(namespace, name)
+
+    with _retries_guard:
+        if (namespace, name) in _retries:
+            return
+        # kopf's event poster is found through context variables: carry them to the thread.
+        timer = threading.Timer(SECRET_RETRY_SECONDS, contextvars.copy_context().run, [fire])
+        timer.daemon = True
+        _retries[(namespace, name)] = timer
+        timer.start()
+
+
+def _resync(
+    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool = False
+) -> None:
     # Wait for any spec handler of this resource, then read the parent as it is now.
     with lock_for(namespace, name):
         body = kube.get_agent(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
             return
-        outcome = reconcile(body, full=False, live_child=live_child)
+        outcome = reconcile(body, full=full, live_child=live_child)
+        was = degraded_reason(body.get("status") or {})
+        if was in SECRET_REASONS and outcome.problem is None:
+            outcome.notices.append(
+                Notice(False, "Recovered", "the referenced Secret is there now; children applied")
+            )
         _write_status(body, outcome)
     _post(body, outcome)
+    if outcome.retry:
+        # No watch on Secrets (least privilege), so poll for the missing one; kopf's own
+        # TemporaryError retry covers the spec handlers, this covers drift repair.
+        _retry_later(namespace, name)
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:

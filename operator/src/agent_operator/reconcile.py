@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 IMAGE_PATH = ".spec.template.spec.containers[0].image"
+SECRET_REASONS = ("SecretNotFound", "SecretKeyNotFound")
 
 # One reconciliation per AgentDeployment at a time: spec handlers and child watches
 # run in kopf's thread pool and would otherwise interleave applies of the same children.
@@ -71,7 +72,8 @@ def owner_of(body: Mapping[str, Any]) -> Owner:
     return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
-def _degraded_reason(status: Mapping[str, Any]) -> str | None:
+def degraded_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of a true Degraded condition, else None."""
     for cond in status.get("conditions") or ():
         if cond.get("type") == "Degraded" and cond.get("status") == "True":
             return str(cond.get("reason"))
@@ -208,7 +210,7 @@ def reconcile(
     if problem is not None:
         outcome.problem = problem
         outcome.retry = True
-        if _degraded_reason(previous) != problem.reason:  # once, not on every retry
+        if degraded_reason(previous) != problem.reason:  # once, not on every retry
             outcome.notices.append(Notice(True, problem.reason, problem.message))
         outcome.status = _status(owner, spec, generation, previous, problem)
         return outcome
