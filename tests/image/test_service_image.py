@@ -110,3 +110,24 @@ def test_the_charts_pod_spec_fits_the_image(service_image: Image) -> None:
     )
     port = container["ports"][0]["containerPort"]
     assert port == declared_port(service_image)
+
+
+@pytest.mark.parametrize("which", ["service_image", "operator_image"])
+def test_no_secret_cache_or_build_tool_is_left_in_the_image(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    image: Image = request.getfixturevalue(which)
+    root = image.rootfs
+    leftovers = [
+        p
+        for p in ("run/secrets/ca-bundle", "root/.cache/uv", "root/.cache/pip", "opt/uv")
+        if (root / p).exists()
+    ]
+    assert not leftovers
+    # The build's CA bundle (a build secret) must not have been baked into the trust store.
+    bundle = (root / "etc/ssl/certs/ca-certificates.crt").read_text()
+    for extra in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+        body = "".join(extra.read_text().split("-----")[2].split())
+        assert body[:64] not in bundle.replace("\n", ""), extra.name
+    # Bytecode is compiled at build time, so a read-only root never needs to write any.
+    assert list((root / "app" / ".venv" / "lib").glob("python3*/site-packages/*/__pycache__"))
