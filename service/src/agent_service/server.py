@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import os
 import signal
@@ -19,6 +20,8 @@ from agent_service.app import create_app
 from agent_service.config import Settings
 from agent_service.logs import configure_logging
 from agent_service.metrics import MULTIPROC_DIR_ENV
+
+GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
 class Server(uvicorn.Server):
@@ -41,7 +44,23 @@ class Server(uvicorn.Server):
 def build_app(settings: Settings) -> FastAPI:
     """The app of one worker process; spawned workers set up their own logging first."""
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    app = create_app(settings)
+    settle_gc()
+    return app
+
+
+def settle_gc() -> None:
+    """Keep the garbage collector off the start-up heap and out of the request path.
+
+    FastAPI, pydantic and their schemas leave a large heap that lives as long as the process.
+    Objects of in-flight requests outlive the default gen-0 threshold (700 allocations, less than
+    one chat turn) and are promoted, so full collections ran every second, each walking that
+    whole heap: 400-600 ms of pauses per 8 s of load, up to 290 ms at once (make bench p99).
+    Freezing the start-up heap takes it out of every collection, and a higher threshold stops
+    promoting short-lived request objects; the cyclic garbage this lets wait is a few MiB at most.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD)
 
 
 def serve(settings: Settings) -> None:
