@@ -162,5 +162,5 @@ main() {
   esac
 }
 
-# Last line on purpose: bash has parsed the whole file before main runs, so editing it is safe.
-main "$@"
+# main parses whole before it runs and exit stops bash reading on, so edits cannot hit a run.
+main "$@"; exit

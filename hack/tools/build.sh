@@ -9,7 +9,8 @@
 # Concurrent runs for one tool (make test and a fixture, two helpers) serialise on a lock.
 set -euo pipefail
 
-# Everything runs inside main so that editing this file cannot disturb a build in progress.
+# Everything runs inside main, and exit follows it on the same line, so that editing this file
+# cannot disturb a build in progress.
 main() {
   local print_dir=false
   if [[ ${1:-} == --dir ]]; then
@@ -63,4 +64,4 @@ main() {
     tee -a "$CACHE_DIR/logs/build-times.log" >&2
 }
 
-main "$@"
+main "$@"; exit
