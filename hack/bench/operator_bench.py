@@ -8,6 +8,7 @@ Not a test: nothing here asserts; the numbers are for the notes.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -163,8 +164,26 @@ def run_round(kubectl: Kubectl, namespace: str, count: int) -> dict[str, Any]:
         result["p50_seconds"] = round(statistics.median(times), 3)
         result["p95_seconds"] = round(times[max(0, int(len(times) * 0.95) - 1)], 3)
         result["first_seconds"] = round(times[0], 3)
+    # Per object, from the server's own timestamps (1 s resolution): creation → Ready=True.
+    listed = json.loads(kubectl("get", "agentdeployments", "-n", namespace, "-o", "json"))
+    latencies = sorted(
+        _stamp(cond["lastTransitionTime"]) - _stamp(obj["metadata"]["creationTimestamp"])
+        for obj in listed["items"]
+        for cond in (obj.get("status") or {}).get("conditions") or ()
+        if cond["type"] == "Ready" and cond["status"] == "True"
+    )
+    if latencies:
+        result["server_create_to_ready_seconds"] = {
+            "p50": statistics.median(latencies),
+            "p95": latencies[max(0, int(len(latencies) * 0.95) - 1)],
+            "max": latencies[-1],
+        }
     kubectl("delete", "agentdeployments", "--all", "-n", namespace, "--wait=true")
     return result
+
+
+def _stamp(value: str) -> float:
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").timestamp()
 
 
 def service_account_kubeconfig(kubectl: Kubectl, path: Path) -> None:
@@ -263,7 +282,8 @@ def main() -> int:
         print(
             f"{r['count']:>3} AgentDeployments: all Ready in {r['all_ready_seconds']} s "
             f"(p50 {r.get('p50_seconds')} s, p95 {r.get('p95_seconds')} s), "
-            f"operator CPU {r['operator_cpu_seconds']} s"
+            f"operator CPU {r['operator_cpu_seconds']} s; per object create→Ready "
+            f"(server clock, 1 s steps) {r.get('server_create_to_ready_seconds')}"
         )
     mib = {k: round(v / 1024, 1) for k, v in report["operator_rss_kib"].items()}
     print(f"operator RSS MiB: idle {mib['idle']}, peak {mib['peak']}, after {mib['after']}")

@@ -53,7 +53,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for kind in CHILD_KINDS:
         group, _sep, version = kind.api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
-    settings.execution.max_workers = int(os.environ.get("AGENT_OPERATOR_WORKERS", "8"))
+    # Handlers block on HTTP calls, not CPU: threads are cheap and keep the queue moving.
+    settings.execution.max_workers = int(os.environ.get("AGENT_OPERATOR_WORKERS", "16"))
 
 
 def _post(body: Mapping[str, Any], outcome: Outcome) -> None:
@@ -87,6 +88,7 @@ def _reconcile_spec(body: kopf.Body, what: str, replicas_changed: bool = False) 
                 f"API call failed: {kube.error_message(exc)}", delay=API_RETRY_SECONDS
             ) from exc
     _post(body, outcome)
+    follow_up(meta["namespace"], meta["name"])
     if outcome.problem is not None:
         if outcome.retry:
             raise kopf.TemporaryError(outcome.problem.message, delay=SECRET_RETRY_SECONDS)
@@ -157,26 +159,83 @@ def _retry_later(namespace: str, name: str) -> None:
         timer.start()
 
 
-def _resync(
-    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool = False
-) -> None:
-    # Wait for any spec handler of this resource, then read the parent as it is now.
-    with lock_for(namespace, name):
-        body = kube.get_agent(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
-            return
-        outcome = reconcile(body, full=full, live_child=live_child)
-        was = degraded_reason(body.get("status") or {})
-        if was in SECRET_REASONS and outcome.problem is None:
-            outcome.notices.append(
-                Notice(False, "Recovered", "the referenced Secret is there now; children applied")
-            )
-        _write_status(body, outcome)
+def _resync_locked(
+    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool
+) -> tuple[Mapping[str, Any], Outcome] | None:
+    """One repair pass; the caller holds the resource's lock."""
+    body = kube.get_agent(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
+        return None
+    outcome = reconcile(body, full=full, live_child=live_child)
+    was = degraded_reason(body.get("status") or {})
+    if was in SECRET_REASONS and outcome.problem is None:
+        outcome.notices.append(
+            Notice(False, "Recovered", "the referenced Secret is there now; children applied")
+        )
+    _write_status(body, outcome)
+    return body, outcome
+
+
+def _after(namespace: str, name: str, done: tuple[Mapping[str, Any], Outcome] | None) -> None:
+    """Post a pass's Events (outside the lock) and poll for a missing Secret if needed."""
+    if done is None:
+        return
+    body, outcome = done
     _post(body, outcome)
     if outcome.retry:
         # No watch on Secrets (least privilege), so poll for the missing one; kopf's own
         # TemporaryError retry covers the spec handlers, this covers drift repair.
         _retry_later(namespace, name)
+
+
+def _resync(
+    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool = False
+) -> None:
+    """A repair pass that waits for the resource's lock (timers, not kopf's workers)."""
+    with lock_for(namespace, name):
+        done = _resync_locked(namespace, name, live_child, full)
+    _after(namespace, name, done)
+    follow_up(namespace, name)
+
+
+# Resources that saw child events while their lock was held; the holder repairs them after.
+_dirty: set[tuple[str, str]] = set()
+_dirty_guard = threading.Lock()
+
+
+def _resync_or_defer(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> None:
+    """Repair now, or leave it to whoever holds the lock (never park a kopf worker on it)."""
+    lock = lock_for(namespace, name)
+    if not lock.acquire(blocking=False):
+        with _dirty_guard:
+            _dirty.add((namespace, name))
+        return
+    try:
+        done = _resync_locked(namespace, name, live_child, full=False)
+    finally:
+        lock.release()
+    _after(namespace, name, done)
+    follow_up(namespace, name)
+
+
+def follow_up(namespace: str, name: str) -> None:
+    """Run the repair passes deferred while the lock was held, until none is left."""
+    key = (namespace, name)
+    while True:
+        with _dirty_guard:
+            if key not in _dirty:
+                return
+            _dirty.discard(key)
+        lock = lock_for(namespace, name)
+        if not lock.acquire(blocking=False):
+            with _dirty_guard:
+                _dirty.add(key)  # the current holder follows up instead
+            return
+        try:
+            done = _resync_locked(namespace, name, None, full=False)
+        finally:
+            lock.release()
+        _after(namespace, name, done)
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:
@@ -194,7 +253,7 @@ def _on_child(kind: ChildKind, event: Mapping[str, Any], body: Mapping[str, Any]
     if owner is None:
         return
     live = None if event.get("type") == "DELETED" else dict(body)
-    _resync(body["metadata"]["namespace"], owner, (kind, live))
+    _resync_or_defer(body["metadata"]["namespace"], owner, (kind, live))
 
 
 def _watch(kind: ChildKind) -> None:
