@@ -52,16 +52,21 @@ class Helm:
         return result
 
 
-@pytest.fixture(params=["v4", "v3"])
-def helm(request: pytest.FixtureRequest, cluster: Cluster, namespace: str, tmp_path: Path) -> Helm:
-    """helm v4 or v3 on a namespace that enforces the restricted Pod Security Standard."""
+def restricted_helm(major: str, cluster: Cluster, namespace: str, home: Path) -> Helm:
+    """helm `major` on a namespace that now enforces the restricted Pod Security Standard."""
     cluster.kubectl_run(
         "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
     )
-    binary = cluster.helm if request.param == "v4" else cluster.helm3
-    helm = Helm(request.param, binary, cluster, namespace, tmp_path)
-    assert helm("version", "--short").stdout.startswith(request.param)
+    binary = cluster.helm if major == "v4" else cluster.helm3
+    helm = Helm(major, binary, cluster, namespace, home)
+    assert helm("version", "--short").stdout.startswith(major)
     return helm
+
+
+@pytest.fixture(params=["v4", "v3"])
+def helm(request: pytest.FixtureRequest, cluster: Cluster, namespace: str, tmp_path: Path) -> Helm:
+    """helm v4 or v3 on a namespace that enforces the restricted Pod Security Standard."""
+    return restricted_helm(request.param, cluster, namespace, tmp_path)
 
 
 def get(cluster: Cluster, namespace: str, *what: str) -> Any:
@@ -219,3 +224,27 @@ def test_bad_values_fail_the_install_with_the_schemas_message(
     assert not cluster.kubectl_run(
         "get", "all", "-n", namespace, "-l", SELECTOR, "-o", "name"
     ).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "scenario", sorted((CHART / "ci").glob("*-values.yaml")), ids=lambda p: p.stem
+)
+def test_every_ci_scenario_installs_under_the_restricted_standard(
+    cluster: Cluster, namespace: str, tmp_path: Path, scenario: Path
+) -> None:
+    helm = restricted_helm("v4", cluster, namespace, tmp_path)
+    if "existing-secret" in scenario.name:
+        cluster.kubectl_run(
+            "create", "secret", "generic", "agent-credentials", "-n", namespace,
+            "--from-literal=redis-url=redis://r:6379/0", "--from-literal=openai-api-key=sk-x",
+        )  # fmt: skip
+    helm("install", RELEASE, str(CHART), "-f", str(scenario), "--wait", "--timeout", "180s")
+
+    def all_ready() -> bool:
+        deployments = get(cluster, namespace, "deployments", "-l", SELECTOR)["items"]
+        return bool(deployments) and all(
+            d.get("status", {}).get("readyReplicas") == d["spec"]["replicas"] for d in deployments
+        )
+
+    wait_until(all_ready, f"every Deployment of {scenario.name} to be Ready")
+    helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
