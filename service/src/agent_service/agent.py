@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ class Agent:
         self._model_timeout_s = model_timeout_s
         self._metrics = metrics
 
-    async def events(self, history: Sequence[Message], text: str) -> AsyncIterator[dict[str, Any]]:
+    async def events(
+        self, history: Sequence[Message], text: str
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Run a turn, yielding each tool call, tool result and finally the reply."""
         messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
         messages.extend({"role": m["role"], "content": m["content"]} for m in history)
@@ -100,13 +103,16 @@ class Agent:
     async def run(self, history: Sequence[Message], text: str) -> TurnResult:
         """Run a turn to its end."""
         calls: list[dict[str, Any]] = []
-        async for event in self.events(history, text):
-            if event["type"] == "tool_call":
-                calls.append({"name": event["name"], "arguments": event["arguments"]})
-            elif event["type"] == "tool_result":
-                calls[-1]["result"] = event["result"]
-            else:
-                return TurnResult(event["content"], event["steps"], event["stop_reason"], calls)
+        # Closed here, not left suspended after the reply: an abandoned async generator is
+        # finalised by a task the loop schedules through its self-pipe, once per turn.
+        async with contextlib.aclosing(self.events(history, text)) as events:
+            async for event in events:
+                if event["type"] == "tool_call":
+                    calls.append({"name": event["name"], "arguments": event["arguments"]})
+                elif event["type"] == "tool_result":
+                    calls[-1]["result"] = event["result"]
+                else:
+                    return TurnResult(event["content"], event["steps"], event["stop_reason"], calls)
         raise AssertionError("a turn always ends with a reply")  # pragma: no cover
 
     async def _call_model(self, messages: list[Message]) -> Any:
