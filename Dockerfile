@@ -65,12 +65,16 @@ RUN groupadd --gid 10001 agent \
 WORKDIR /app
 
 FROM runtime AS operator
+LABEL org.opencontainers.image.title="moorage-operator" \
+      org.opencontainers.image.description="Moorage operator: reconciles AgentDeployment resources (kopf)"
 # Owned by root and read-only to the process: the code cannot be altered at run time.
 COPY --from=build-operator /app/.venv /app/.venv
 USER 10001:10001
 ENTRYPOINT ["agent-operator"]
 
 FROM runtime AS service
+LABEL org.opencontainers.image.title="moorage-service" \
+      org.opencontainers.image.description="Moorage agent service: an LLM agent behind a production HTTP shell"
 COPY --from=build-service /app/.venv /app/.venv
 # Containers listen beyond loopback; the port is the one EXPOSEd and probed.
 ENV AGENT_HOST=0.0.0.0 \

@@ -34,3 +34,10 @@ def test_operator_image_carries_no_service_code(operator_image: Image) -> None:
     assert (site[0] / "agent_operator").is_dir()
     assert not (site[0] / "agent_service").exists()
     assert not (site[0] / "fastapi").exists()
+
+
+def test_each_image_is_labelled_with_its_own_title(
+    operator_image: Image, service_image: Image
+) -> None:
+    assert operator_image.config["Labels"]["org.opencontainers.image.title"] == "moorage-operator"
+    assert service_image.config["Labels"]["org.opencontainers.image.title"] == "moorage-service"
