@@ -213,7 +213,13 @@ def test_every_variable_the_chart_sets_is_one_the_service_knows(
 ) -> None:
     docs = render(CHART / "ci" / scenario, server={"port": free_port()})
     rendered = resolve(docs, tmp_path / "secrets")
-    # The in-chart Redis is not here; the service still starts and reports on its settings.
+    # The in-chart Redis is not here: point its name at a closed loopback port (no lookup leaves
+    # the machine); the service still starts and reports on its settings.
+    url_file = rendered.env.get("AGENT_SESSION_URL_FILE")
+    if url_file:
+        path = Path(url_file)
+        path.write_text(path.read_text().replace("agent-redis:6379", f"127.0.0.1:{free_port()}"))
+        assert "127.0.0.1" in path.read_text()
     log = tmp_path / "service.log"
     proc = start_service(rendered, log)
     try:
