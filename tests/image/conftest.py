@@ -47,11 +47,17 @@ _SANDBOX = """
 set -eu
 root=$1 user=$2; shift 2
 ip link set lo up
+# Mount points for extra read-only binds ("src:dst ..."), made in the throwaway container copy.
+for bind in ${SANDBOX_BINDS:-}; do mkdir -p "$root${bind#*:}"; done
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 mount -t tmpfs -o size=64m,mode=1777 tmpfs "$root/tmp"
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
+for bind in ${SANDBOX_BINDS:-}; do
+  mount --bind "${bind%%:*}" "$root${bind#*:}"
+  mount -o remount,bind,ro "$root${bind#*:}"
+done
 echo ready > "$SANDBOX_READY"
 exec chroot --userspec="$user" "$root" "$@"
 """
@@ -80,9 +86,9 @@ class Image:
     def env(self) -> dict[str, str]:
         return dict(item.split("=", 1) for item in self.config.get("Env") or [])
 
-    def argv(self, command: list[str]) -> list[str]:
-        """An argv that runs command in the image's environment and working directory."""
-        env = [f"{k}={v}" for k, v in self.env.items()]
+    def argv(self, command: list[str], extra_env: dict[str, str] | None = None) -> list[str]:
+        """An argv that runs command in the image's environment (plus extra_env) and workdir."""
+        env = [f"{k}={v}" for k, v in {**self.env, **(extra_env or {})}.items()]
         workdir = self.config.get("WorkingDir") or "/"
         return ["/usr/bin/env", "-i", f"--chdir={workdir}", *env, *command]
 
@@ -204,18 +210,31 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def run_image(image: Image, command: list[str], tmp_path: Path) -> Running:
-    """Start command from the image read-only, as the image's user; returns once it execs."""
+def run_image(
+    image: Image,
+    command: list[str],
+    tmp_path: Path,
+    *,
+    user: str | None = None,
+    env: dict[str, str] | None = None,
+    binds: dict[Path, str] | None = None,
+) -> Running:
+    """Start command from the image read-only, as the image's user unless `user` says otherwise,
+    with extra `env` and read-only `binds` (host dir → container path); returns once it execs."""
     log = tmp_path / "container.log"
     ready = tmp_path / "sandbox-ready"
-    env = {"PATH": os.environ["PATH"], "SANDBOX_READY": str(ready)}
+    sandbox_env = {
+        "PATH": os.environ["PATH"],
+        "SANDBOX_READY": str(ready),
+        "SANDBOX_BINDS": " ".join(f"{src}:{dst}" for src, dst in (binds or {}).items()),
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             ["unshare", "--mount", "--net", "--fork", "--", "sh", "-c", _SANDBOX, "sandbox",
-             str(image.rootfs), image.user, *image.argv(command)],
+             str(image.rootfs), user or image.user, *image.argv(command, env)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=sandbox_env,
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while not ready.exists():
