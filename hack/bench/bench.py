@@ -270,6 +270,8 @@ class Run:
     latency_ms: dict[str, float]
     errors: dict[str, int]
     rss_peak_mib: list[float] = field(default_factory=list)
+    # Process CPU (all workers) per answered request: the figure least moved by other load.
+    cpu_us: float = 0.0
 
     @property
     def error_count(self) -> int:
@@ -323,8 +325,11 @@ def load(
     url = proc.url + path
     flush_redis(redis_port)
     wrk(url, script, connections, profile.warmup_s, args)
-    with RssSampler(worker_pids(proc.popen.pid)) as sampler:
+    workers = worker_pids(proc.popen.pid)
+    cpu_before = sum(cpu_seconds(pid) for pid in workers)
+    with RssSampler(workers) as sampler:
         raw = wrk(url, script, connections, profile.duration_s, args)
+    cpu_used = sum(cpu_seconds(pid) for pid in workers) - cpu_before
     seconds = raw["duration_us"] / 1e6
     # wrk counts every response; throughput counts only answers (non-2xx are errors here).
     answered = raw["requests"] - raw["errors"]["status"]
@@ -339,10 +344,11 @@ def load(
         latency_ms=latency,
         errors=raw["errors"],
         rss_peak_mib=list(sampler.peak.values()),
+        cpu_us=cpu_used / answered * 1e6 if answered else 0.0,
     )
     log(
         f"  {scenario:<8} {subject:<8} {run.rps:8.0f} req/s  p99 {latency['p99']:7.1f} ms"
-        f"  errors {run.error_count}"
+        f"  {run.cpu_us:6.0f} us CPU/req  errors {run.error_count}"
     )
     return run
 
@@ -427,6 +433,7 @@ def median_run(runs: list[Run], scenario: str, subject: str) -> dict[str, Any]:
         "errors": sum(r.error_count for r in mine),
         "requests": sum(r.requests for r in mine),
         "rss_peak_mib": max((max(r.rss_peak_mib, default=0.0) for r in mine), default=0.0),
+        "cpu_us": statistics.median(r.cpu_us for r in mine),
     }
 
 
@@ -499,6 +506,8 @@ def summarise(
         "healthz_throughput": paired_ratio(runs, "healthz", "service", "floor", rps),
         "chat_throughput": paired_ratio(runs, "chat", "service", "floor", rps),
         "chat_p99": paired_ratio(runs, "chat", "service", "floor", p99),
+        "chat_cpu": paired_ratio(runs, "chat", "service", "floor", lambda r: r.cpu_us),
+        "healthz_cpu": paired_ratio(runs, "healthz", "service", "floor", lambda r: r.cpu_us),
         "slow_vs_ideal": slow["rps"] / ideal,
         "slow_floor_vs_ideal": slow_floor["rps"] / ideal,
         "workers_2_vs_1": w2["rps"] / chat["rps"] if chat["rps"] else 0.0,
@@ -584,15 +593,15 @@ LABELS = {
 def markdown(summary: dict[str, Any]) -> str:
     """The result tables in Markdown (the terminal prints the same)."""
     lines = [
-        "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU us/req | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in summary["table"]:
         lat = row["latency_ms"]
         lines.append(
             f"| {LABELS[(row['scenario'], row['subject'])]} | {row['connections']} "
             f"| {row['rps']:.0f} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-            f"| {lat['p999']:.1f} | {row['errors']} |"
+            f"| {lat['p999']:.1f} | {row['cpu_us']:.0f} | {row['errors']} |"
         )
     r = summary["ratios"]
     cold = summary["cold_start_s"]
@@ -605,6 +614,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| 1 /healthz throughput, service / floor | {r['healthz_throughput']:.2f}x |",
         f"| 2 chat throughput, service / floor | {r['chat_throughput']:.2f}x |",
         f"| 2 chat p99, service / floor | {r['chat_p99']:.2f}x |",
+        f"| 1 /healthz CPU per request, service / floor | {r['healthz_cpu']:.2f}x |",
+        f"| 2 chat CPU per turn, service / floor | {r['chat_cpu']:.2f}x |",
         f"| 3 slow model, service / ideal ({ideal:.0f} req/s) | {r['slow_vs_ideal']:.2f}x |",
         f"| 3 slow model, floor / ideal | {r['slow_floor_vs_ideal']:.2f}x |",
         f"| 4 cold start to /readyz 200, median of {len(cold['service'])} (CPU time) | "
@@ -685,9 +696,11 @@ def docs_page(summary: dict[str, Any]) -> str:
 library and options), under the same uvicorn settings, with no validation, metrics or logs. What
 the service costs above the floor is the price of the shell. Each pair runs back to back, in
 alternating order, for {p["rounds"]} rounds of {p["warmup_s"]} s warm-up + {p["duration_s"]} s
-of wrk; figures are medians over rounds, ratios are medians of each round's ratio. The service
-runs as in production: JSON request logs at `info` (to a file), Prometheus metrics, one worker
-unless stated.
+of wrk; figures are medians over rounds, ratios are medians of each round's ratio. "CPU us/req"
+is the user + system CPU time of the serving process(es) per answered request: unlike req/s it
+hardly moves when other work takes the cores, so its ratio is the steadiest measure of the
+shell's cost. The service runs as in production: JSON request logs at `info` (to a file),
+Prometheus metrics, one worker unless stated.
 
 ## Latest run
 
