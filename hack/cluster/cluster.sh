@@ -51,7 +51,8 @@ build_tools() {
   link_tools
 }
 
-kwokctl() { "$(tool_dir kwok)/kwokctl" --name "$CLUSTER_NAME" "$@"; }
+# 8>&-: the components kwokctl starts outlive it and must not inherit the cluster lock.
+kwokctl() { "$(tool_dir kwok)/kwokctl" --name "$CLUSTER_NAME" "$@" 8>&-; }
 
 kubectl() { "$(tool_dir kubernetes)/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -145,8 +146,13 @@ cmd_down() {
 main() {
   case ${1:-} in
   tools) build_tools kubernetes etcd kwok helm4 helm3 kind skaffold ;;
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up | down)
+    # Two pytest sessions (or make and a session) must not create or delete at the same time.
+    mkdir -p "$KWOK_WORKDIR"
+    exec 8>"$KWOK_WORKDIR/$CLUSTER_NAME.lock"
+    flock -w 600 8 || { log "another cluster.sh up/down holds $KWOK_WORKDIR/$CLUSTER_NAME.lock"; exit 1; }
+    "cmd_$1"
+    ;;
   kubeconfig)
     if [[ ! -f $kubeconfig ]]; then
       log "no cluster $CLUSTER_NAME (run make cluster-up)"
