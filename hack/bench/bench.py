@@ -725,7 +725,8 @@ def run(profile: Profile, out: Path, docs: Path | None) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     load_before = [round(x, 2) for x in os.getloadavg()]
     logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(logs, ignore_errors=True)  # one run's logs only (a full run writes ~30 MB)
+    logs.mkdir(parents=True)
     processes = Processes(logs)
     client = httpx.Client()
     try:
