@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -12,6 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+
+from agent_service.metrics import Metrics
+from agent_service.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,21 @@ class ApiError(HTTPException):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+@contextlib.contextmanager
+def store_unavailable_is_503(metrics: Metrics, operation: str) -> Iterator[None]:
+    """Count a failed store operation and answer 503 `store-unavailable`, retryable."""
+    try:
+        yield
+    except StoreUnavailable:
+        metrics.store_errors.labels(operation).inc()
+        raise ApiError(
+            503,
+            "store-unavailable",
+            "the session store is unavailable; retry shortly",
+            {"Retry-After": "1"},
+        ) from None
 
 
 def error_response(

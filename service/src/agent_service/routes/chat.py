@@ -15,12 +15,12 @@ from fastapi.responses import StreamingResponse
 
 from agent_service.agent import Agent, ModelTimeout
 from agent_service.deps import AgentDep, LifecycleDep, MetricsDep, SettingsDep, StoreDep
-from agent_service.errors import ApiError, ErrorBody
+from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.lifecycle import Phase
 from agent_service.metrics import Metrics
 from agent_service.providers import Message, ModelError
 from agent_service.schemas import ChatRequest, ChatResponse
-from agent_service.store import SessionStore, StoreUnavailable
+from agent_service.store import SessionStore
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
@@ -33,7 +33,6 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
     "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
     "required": ["event", "data"],
 }
-_STORE_DOWN = "the session store is unavailable; retry shortly"
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class Turn:
     async def save(self, reply: str, steps: int) -> None:
         """Append the user's message and the reply in one atomic write."""
         now = time.time()
-        try:
+        with store_unavailable_is_503(self.metrics, "write"):
             await self.store.append(
                 self.session_id,
                 (
@@ -59,9 +58,6 @@ class Turn:
                     {"role": "assistant", "content": reply, "ts": now, "steps": steps},
                 ),
             )
-        except StoreUnavailable:
-            self.metrics.store_errors.labels("write").inc()
-            raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
 
 
 async def begin_turn(
@@ -83,11 +79,8 @@ async def begin_turn(
         )
     session_id = body.session_id or secrets.token_urlsafe(16)
     request.state.session_id = session_id
-    try:
+    with store_unavailable_is_503(metrics, "read"):
         history = await store.recent(session_id, settings.context_messages)
-    except StoreUnavailable:
-        metrics.store_errors.labels("read").inc()
-        raise ApiError(503, "store-unavailable", _STORE_DOWN, {"Retry-After": "1"}) from None
     return Turn(
         session_id, body.message, history, settings.request_timeout_s, agent, store, metrics
     )

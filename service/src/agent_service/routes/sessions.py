@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 
 from agent_service.deps import MetricsDep, StoreDep
-from agent_service.errors import ApiError, ErrorBody
+from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.schemas import SESSION_ID_PATTERN, SessionOut
-from agent_service.store import StoreUnavailable
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -25,11 +24,8 @@ async def get_session(
 ) -> SessionOut:
     """The stored history of a session, oldest first."""
     request.state.session_id = session_id
-    try:
+    with store_unavailable_is_503(metrics, "read"):
         messages = await store.history(session_id)
-    except StoreUnavailable:
-        metrics.store_errors.labels("read").inc()
-        raise _unavailable() from None
     if messages is None:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     return SessionOut.model_validate({"session_id": session_id, "messages": messages})
@@ -41,15 +37,8 @@ async def delete_session(
 ) -> Response:
     """Forget a session."""
     request.state.session_id = session_id
-    try:
+    with store_unavailable_is_503(metrics, "delete"):
         deleted = await store.delete(session_id)
-    except StoreUnavailable:
-        metrics.store_errors.labels("delete").inc()
-        raise _unavailable() from None
     if not deleted:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     return Response(status_code=204)
-
-
-def _unavailable() -> ApiError:
-    return ApiError(503, "store-unavailable", "the session store is unavailable; retry shortly")
