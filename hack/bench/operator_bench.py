@@ -213,8 +213,9 @@ def main() -> int:
 
     bin_dir, kubeconfig = cluster_paths()
     kubectl = Kubectl(bin_dir, kubeconfig)
+    kubectl("apply", "-k", str(ROOT / "manifests" / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=moorage")
     kubectl("apply", "-k", str(ROOT / "manifests" / "operator"))
-    kubectl("wait", "--for=condition=Established", "crd/agentdeployments.moorage.dev")
     kubectl("scale", "-n", OPERATOR_NS, "deployment/moorage-operator", "--replicas=0")
     namespace = f"bench-operator-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)

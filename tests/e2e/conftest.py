@@ -25,6 +25,16 @@ KUBECONFIG_ENV = "MOORAGE_E2E_KUBECONFIG"
 TOOLS = ("kubectl", "helm", "helm3", "kind", "skaffold", "kwokctl", "kube-apiserver", "etcd")
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call whose message carries kubectl's stderr."""
+
+    def __init__(self, result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(result.returncode, result.args, result.stdout, result.stderr)
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr.strip()}"
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A running cluster and the pinned tools that talk to it."""
@@ -41,16 +51,23 @@ class Cluster:
     def kubectl_run(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run our kubectl against this cluster, output captured as text."""
-        return subprocess.run(
+        """Run our kubectl against this cluster, output captured as text.
+
+        With `check`, a failure raises with kubectl's stderr in the message, so a red test says
+        what the API server answered.
+        """
+        result = subprocess.run(
             [str(self.kubectl), *args],
             env=self.env,
             input=input,
             text=True,
             capture_output=True,
-            check=check,
+            check=False,
             timeout=120,
         )
+        if check and result.returncode != 0:
+            raise KubectlError(result)
+        return result
 
 
 def wait_until(

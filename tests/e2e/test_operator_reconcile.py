@@ -39,14 +39,17 @@ def uv_binary() -> str:
 
 def install_operator_manifests(cluster: Cluster) -> None:
     """CRDs, namespace, RBAC, peering object and operator Deployment, as a user installs them."""
-    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "operator"))
+    # CRDs first: one apply cannot create the peering object of a kind it only just defined.
+    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "crds"))
     cluster.kubectl_run(
         "wait",
         "--for=condition=Established",
-        "crd/agentdeployments.moorage.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=moorage",
         "--timeout=60s",
     )
+    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "operator"))
     # The Deployment in the kustomization is the in-cluster operator; on kwok its pod is fake,
     # and the real one runs below as a local process. Keep the fake out of the way.
     cluster.kubectl_run("scale", "-n", OPERATOR_NS, "deployment/moorage-operator", "--replicas=0")
