@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,47 +65,50 @@ class Kubectl:
         ).stdout
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set of `pid` and its descendants (uv run → python), in KiB."""
-    total = 0
+def _process_tree(pid: int) -> Iterator[int]:
+    """`pid` and its live descendants (uv run → python), read from /proc."""
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
             # Every thread's children: uv spawns the interpreter from a worker thread.
             children = [
-                child
+                int(child)
                 for task in Path(f"/proc/{current}/task").iterdir()
                 for child in (task / "children").read_text().split()
             ]
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-        pending.extend(int(c) for c in children)
-    return total
+        yield current
+        pending.extend(children)
+
+
+def _proc_file(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:
+        return ""  # the process ended meanwhile: it counts for nothing
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set of `pid` and its descendants, in KiB."""
+    return sum(
+        int(line.split()[1])
+        for current in _process_tree(pid)
+        for line in _proc_file(current, "status").splitlines()
+        if line.startswith("VmRSS:")
+    )
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` and its descendants so far."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            children = [
-                child
-                for task in Path(f"/proc/{current}/task").iterdir()
-                for child in (task / "children").read_text().split()
-            ]
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        pending.extend(int(c) for c in children)
+    for current in _process_tree(pid):
+        stat = _proc_file(current, "stat")
+        if stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
 
 
