@@ -60,8 +60,12 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # Whatever configured these before (uvicorn's own dictConfig, an embedding host), they
+        # now follow the root logger: its handler, its format and its level.
         uv_logger = logging.getLogger(name)
         uv_logger.handlers.clear()
+        uv_logger.setLevel(logging.NOTSET)
         uv_logger.propagate = True
+        uv_logger.disabled = False
     # Our request log replaces uvicorn's access log.
     logging.getLogger("uvicorn.access").disabled = True

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from agent_service.config import LogFormat
 from agent_service.logs import configure_logging
 
+_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
 
 @pytest.fixture(autouse=True)
-def restore_root_logger() -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+def restore_loggers() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    saved = [(x.handlers[:], x.level, x.propagate, x.disabled) for x in loggers]
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("uvicorn.access").disabled = False
+    for logger, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 def test_json_format_writes_one_object_per_line_with_extra_fields(
@@ -51,3 +55,16 @@ def test_uvicorns_access_log_is_replaced_by_ours(capsys: pytest.CaptureFixture[s
     logging.getLogger("uvicorn.error").info("Started server process")
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(x)["msg"] for x in lines] == ["Started server process"]
+
+
+def test_uvicorn_loggers_follow_the_root_level_whatever_set_them_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An in-process uvicorn.Config(log_level="warning") leaves this behind; CI once ran such a
+    # server earlier in the same process and uvicorn's startup lines vanished.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn").disabled = True
+    configure_logging("info", LogFormat.JSON)
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(x)["msg"] for x in lines] == ["Application startup complete."]
