@@ -205,17 +205,8 @@ _dirty_guard = threading.Lock()
 
 def _resync_or_defer(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> None:
     """Repair now, or leave it to whoever holds the lock (never park a kopf worker on it)."""
-    lock = lock_for(namespace, name)
-    if not lock.acquire(blocking=False):
-        with _dirty_guard:
-            _dirty.add((namespace, name))
-        return
-    try:
-        done = _resync_locked(namespace, name, live_child, full=False)
-    finally:
-        lock.release()
-    _after(namespace, name, done)
-    follow_up(namespace, name)
+    if _try_resync(namespace, name, live_child):
+        follow_up(namespace, name)
 
 
 def follow_up(namespace: str, name: str) -> None:
@@ -226,16 +217,23 @@ def follow_up(namespace: str, name: str) -> None:
             if key not in _dirty:
                 return
             _dirty.discard(key)
-        lock = lock_for(namespace, name)
-        if not lock.acquire(blocking=False):
-            with _dirty_guard:
-                _dirty.add(key)  # the current holder follows up instead
-            return
-        try:
-            done = _resync_locked(namespace, name, None, full=False)
-        finally:
-            lock.release()
-        _after(namespace, name, done)
+        if not _try_resync(namespace, name, None):
+            return  # the current holder follows up instead
+
+
+def _try_resync(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> bool:
+    """One repair pass if the lock is free; else mark the resource dirty for the holder (False)."""
+    lock = lock_for(namespace, name)
+    if not lock.acquire(blocking=False):
+        with _dirty_guard:
+            _dirty.add((namespace, name))
+        return False
+    try:
+        done = _resync_locked(namespace, name, live_child, full=False)
+    finally:
+        lock.release()
+    _after(namespace, name, done)
+    return True
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:
