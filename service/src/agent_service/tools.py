@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import logging
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +25,15 @@ _UNARY: Mapping[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.USub: operator.neg,
 }
 _MAX_EXPRESSION = 200
-_MAX_EXPONENT = 100
+# Every integer the calculator holds, operands and results, fits in this many bits (about 1,233
+# decimal digits). Checked before a power is computed and after every other operation, so no step
+# works on numbers larger than this: a whole evaluation costs microseconds and a few KiB, which
+# is why it may run on the event loop (a thread could not be stopped, a subprocess per call would
+# cost more than every turn's other work). It also keeps results under Python's 4,300-digit limit
+# of int-to-str conversion, which raised ValueError before.
+MAX_INT_BITS = 4096
+
+log = logging.getLogger(__name__)
 
 
 class ToolError(Exception):
@@ -40,21 +50,42 @@ def calculator(expression: str) -> str:
         raise ToolError("not an arithmetic expression") from err
     try:
         return str(_evaluate(tree.body))
-    except (ZeroDivisionError, OverflowError) as err:
-        raise ToolError(str(err)) from err
+    except (ArithmeticError, ValueError, TypeError) as err:
+        raise ToolError(str(err) or type(err).__name__) from err
 
 
 def _evaluate(node: ast.expr) -> int | float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return node.value
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise ToolError("exponent too large")
-        return _BINARY[type(node.op)](left, right)  # type: ignore[no-any-return]
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
+        return _bounded(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]
+        return _bounded(_UNARY[type(node.op)](_evaluate(node.operand)))
     raise ToolError("only numbers and + - * / // % ** are allowed")
+
+
+def _check_power(base: int | float, exponent: int | float) -> None:
+    """Refuse an integer power whose result would exceed MAX_INT_BITS, before computing it."""
+    # Float powers are one floating-point operation: they overflow (OverflowError) or round.
+    integers = isinstance(base, int) and isinstance(exponent, int)
+    if (
+        integers
+        and abs(base) > 1
+        and exponent > 0
+        and exponent * math.log2(abs(base)) >= MAX_INT_BITS
+    ):
+        raise ToolError(f"result too large (over {MAX_INT_BITS} bits)")
+
+
+def _bounded(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ToolError("the result is not a real number")
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise ToolError(f"result too large (over {MAX_INT_BITS} bits)")
+    return value
 
 
 def word_count(text: str) -> str:
@@ -95,6 +126,10 @@ class Tool:
             return f"error: {err}"
         except TypeError:
             return "error: invalid arguments"
+        except Exception as err:
+            # A bug in a tool is still only a failed tool call: the model sees it, the turn goes on.
+            log.warning("tool failed", exc_info=err, extra={"tool": self.name})
+            return f"error: the tool failed ({type(err).__name__})"
 
 
 def _string_params(*names: str) -> dict[str, Any]:
