@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import datetime
 import logging
 import os
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -19,11 +20,11 @@ from agent_operator.reconcile import (
     Notice,
     Outcome,
     degraded_reason,
-    lock_for,
     reconcile,
     status_changed,
 )
 from agent_operator.spec import GROUP, KIND, PLURAL, VERSION
+from agent_operator.workqueue import KeyedQueue, Resyncer
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 SECRET_RETRY_SECONDS = float(os.environ.get("AGENT_OPERATOR_SECRET_RETRY_SECONDS", "10"))
 # Transient API failures are retried after this long.
 API_RETRY_SECONDS = 5.0
+# Every AgentDeployment's children are compared with its spec this often, so a change no event
+# reported (or one lost to a watch outage) is corrected within a period; 0 turns it off.
+RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "300"))
+Key = tuple[str, str]
 MANAGED_BY = f"app.kubernetes.io/managed-by={MANAGER}"
 
 
@@ -79,16 +84,16 @@ def _write_status(body: Mapping[str, Any], outcome: Outcome) -> None:
 def _reconcile_spec(body: kopf.Body, what: str, replicas_changed: bool = False) -> None:
     """Shared body of create/update/resume: apply all children, then raise for kopf's retries."""
     meta = body["metadata"]
-    with lock_for(meta["namespace"], meta["name"]):
+    RESYNC.adopt_context(contextvars.copy_context())
+    with QUEUE.exclusive((meta["namespace"], meta["name"])):
         try:
-            outcome = reconcile(body, full=True, replicas_changed=replicas_changed)
+            outcome = reconcile(kube, body, full=True, replicas_changed=replicas_changed)
             _write_status(body, outcome)
         except ApiException as exc:
             raise kopf.TemporaryError(
                 f"API call failed: {kube.error_message(exc)}", delay=API_RETRY_SECONDS
             ) from exc
     _post(body, outcome)
-    follow_up(meta["namespace"], meta["name"])
     if outcome.problem is not None:
         if outcome.retry:
             raise kopf.TemporaryError(outcome.problem.message, delay=SECRET_RETRY_SECONDS)
@@ -132,108 +137,107 @@ def _settled(body: Mapping[str, Any]) -> bool:
     return not (degraded.get("status") == "True" and degraded.get("reason") == "InvalidSpec")
 
 
-# Resources whose drift repair waits for a missing Secret, each with its pending retry.
-_retries: dict[tuple[str, str], threading.Timer] = {}
-_retries_guard = threading.Lock()
-
-
-def _retry_later(namespace: str, name: str) -> None:
-    """Re-run the drift repair after SECRET_RETRY_SECONDS (once per resource at a time)."""
-
-    def fire() -> None:
-        with _retries_guard:
-            _retries.pop((namespace, name), None)
-        try:
-            _resync(namespace, name, None, full=True)
-        except Exception:  # a background thread: log it (as JSON) and try again later
-            log.exception("retrying %s/%s failed", namespace, name)
-            _retry_later(namespace, name)
-
-    with _retries_guard:
-        if (namespace, name) in _retries:
+def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
+    """One drift-repair pass over an AgentDeployment's children (the queue's pass)."""
+    namespace, name = key
+    try:
+        body = kube.get_agent(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
             return
-        # kopf's event poster is found through context variables: carry them to the thread.
-        timer = threading.Timer(SECRET_RETRY_SECONDS, contextvars.copy_context().run, [fire])
-        timer.daemon = True
-        _retries[(namespace, name)] = timer
-        timer.start()
-
-
-def _resync_locked(
-    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool
-) -> tuple[Mapping[str, Any], Outcome] | None:
-    """One repair pass; the caller holds the resource's lock."""
-    body = kube.get_agent(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
-        return None
-    outcome = reconcile(body, full=full, live_child=live_child)
-    was = degraded_reason(body.get("status") or {})
-    if was in SECRET_REASONS and outcome.problem is None:
-        outcome.notices.append(
-            Notice(False, "Recovered", "the referenced Secret is there now; children applied")
+        outcome = reconcile(kube, body, full=False, live_child=live_child)
+        was = degraded_reason(body.get("status") or {})
+        if was in SECRET_REASONS and outcome.problem is None:
+            outcome.notices.append(
+                Notice(False, "Recovered", "the referenced Secret is there now; children applied")
+            )
+        _write_status(body, outcome)
+    except ApiException as exc:
+        log.warning(
+            "repairing %s/%s failed: %s; retrying in %ss",
+            namespace,
+            name,
+            kube.error_message(exc),
+            API_RETRY_SECONDS,
         )
-    _write_status(body, outcome)
-    return body, outcome
-
-
-def _after(namespace: str, name: str, done: tuple[Mapping[str, Any], Outcome] | None) -> None:
-    """Post a pass's Events (outside the lock) and poll for a missing Secret if needed."""
-    if done is None:
+        RESYNC.later(key, API_RETRY_SECONDS)
         return
-    body, outcome = done
     _post(body, outcome)
     if outcome.retry:
         # No watch on Secrets (least privilege), so poll for the missing one; kopf's own
         # TemporaryError retry covers the spec handlers, this covers drift repair.
-        _retry_later(namespace, name)
+        RESYNC.later(key, SECRET_RETRY_SECONDS)
 
 
-def _resync(
-    namespace: str, name: str, live_child: tuple[ChildKind, Any] | None, full: bool = False
-) -> None:
-    """A repair pass that waits for the resource's lock (timers, not kopf's workers)."""
-    with lock_for(namespace, name):
-        done = _resync_locked(namespace, name, live_child, full)
-    _after(namespace, name, done)
-    follow_up(namespace, name)
+def _all_keys() -> list[Key]:
+    return kube.list_agent_keys(_scope.namespaces)
 
 
-# Resources that saw child events while their lock was held; the holder repairs them after.
-_dirty: set[tuple[str, str]] = set()
-_dirty_guard = threading.Lock()
+def _peering_allows() -> bool:
+    """Act only while kopf would: no other live peer with our priority or a higher one."""
+    if _scope.identity is None:
+        return True  # no peering (standalone)
+    return peering_allows(
+        kube.get_peering(MANAGER),
+        _scope.identity,
+        _scope.priority,
+        datetime.datetime.now(datetime.UTC),
+    )
 
 
-def _resync_or_defer(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> None:
-    """Repair now, or leave it to whoever holds the lock (never park a kopf worker on it)."""
-    if _try_resync(namespace, name, live_child):
-        follow_up(namespace, name)
-
-
-def follow_up(namespace: str, name: str) -> None:
-    """Run the repair passes deferred while the lock was held, until none is left."""
-    key = (namespace, name)
-    while True:
-        with _dirty_guard:
-            if key not in _dirty:
-                return
-            _dirty.discard(key)
-        if not _try_resync(namespace, name, None):
-            return  # the current holder follows up instead
-
-
-def _try_resync(namespace: str, name: str, live_child: tuple[ChildKind, Any] | None) -> bool:
-    """One repair pass if the lock is free; else mark the resource dirty for the holder (False)."""
-    lock = lock_for(namespace, name)
-    if not lock.acquire(blocking=False):
-        with _dirty_guard:
-            _dirty.add((namespace, name))
+def peering_allows(
+    peering: Mapping[str, Any] | None, identity: str, priority: int, now: datetime.datetime
+) -> bool:
+    """kopf's pause rule: another live peer with a priority >= ours pauses us."""
+    if peering is None:
         return False
-    try:
-        done = _resync_locked(namespace, name, live_child, full=False)
-    finally:
-        lock.release()
-    _after(namespace, name, done)
+    for peer, info in (peering.get("status") or {}).items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            seen = datetime.datetime.fromisoformat(str(info["lastseen"]))
+            lifetime = float(info.get("lifetime", 60))
+        except (KeyError, ValueError):
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=datetime.UTC)
+        alive = seen + datetime.timedelta(seconds=lifetime) >= now
+        if alive and int(info.get("priority", 0)) >= priority:
+            return False
     return True
+
+
+@dataclass
+class _Scope:
+    """What the resync needs to know about this instance (set at startup)."""
+
+    namespaces: Sequence[str] = ()
+    identity: str | None = None
+    priority: int = 0
+
+
+_scope = _Scope()
+# One mechanism for "a change while busy": spec handlers hold a key exclusively, child events
+# and resyncs add it (processed now, or once more by whoever holds it).
+QUEUE: KeyedQueue[Key] = KeyedQueue(_repair)
+RESYNC: Resyncer[Key] = Resyncer(
+    QUEUE, list_keys=_all_keys, interval=RESYNC_SECONDS, active=_peering_allows
+)
+
+
+@kopf.on.startup()
+def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Start the periodic resync (our own thread: a kopf timer would add a finalizer that
+    blocks the deletion of every AgentDeployment while no operator runs)."""
+    _scope.namespaces = tuple(memo.get("namespaces") or ())
+    _scope.identity = memo.get("identity")
+    _scope.priority = int(memo.get("priority") or 0)
+    RESYNC.start()
+
+
+@kopf.on.cleanup()
+def stop_resync(**_: Any) -> None:
+    """Stop the resync thread after its current pass."""
+    RESYNC.stop()
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:
@@ -245,13 +249,15 @@ def _owner_name(child: Mapping[str, Any]) -> str | None:
 
 def _on_child(kind: ChildKind, event: Mapping[str, Any], body: Mapping[str, Any]) -> None:
     # Initial listings (type None) are reconciled too: after a watch reconnects they are how
-    # changes made while it was down reach us. There is deliberately no kopf timer: timers put
-    # a finalizer on every AgentDeployment, which would block deletion while the operator is down.
+    # changes made while it was down reach us.
     owner = _owner_name(body)
     if owner is None:
         return
+    RESYNC.adopt_context(contextvars.copy_context())
+    key = (body["metadata"]["namespace"], owner)
     live = None if event.get("type") == "DELETED" else dict(body)
-    _resync_or_defer(body["metadata"]["namespace"], owner, (kind, live))
+    # Never parks a kopf worker: if the key is busy, its holder repairs it once more after.
+    QUEUE.add(key, lambda: _repair(key, (kind, live)))
 
 
 def _watch(kind: ChildKind) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -130,6 +130,62 @@ def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> 
         body=body,
         content_type="application/merge-patch+json",
     )
+
+
+PEERING_PATH = "/apis/kopf.dev/v1/clusterkopfpeerings"
+
+
+def peering_served() -> bool:
+    """Whether the API server serves ClusterKopfPeering (its CRD is installed)."""
+    try:
+        resources = _call("GET", "/apis/kopf.dev/v1").get("resources") or ()
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return any(r.get("name") == "clusterkopfpeerings" for r in resources)
+
+
+def get_peering(name: str) -> Obj | None:
+    """The ClusterKopfPeering `name`, or None when it does not exist."""
+    try:
+        return _call("GET", f"{PEERING_PATH}/{name}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def create_peering(name: str) -> bool:
+    """Create an empty ClusterKopfPeering; False when someone else created it first."""
+    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    try:
+        _call("POST", PEERING_PATH, body=body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def list_agent_keys(namespaces: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(namespace, name) of every AgentDeployment in `namespaces` (all when empty), paged."""
+    base = f"/apis/{GROUP}/{VERSION}"
+    paths = [f"{base}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [f"{base}/{PLURAL}"]
+    keys: list[tuple[str, str]] = []
+    for path in paths:
+        token = ""
+        while True:
+            query = [("limit", "500")] + ([("continue", token)] if token else [])
+            page = _call("GET", path, query=query)
+            keys.extend(
+                (item["metadata"]["namespace"], item["metadata"]["name"])
+                for item in page.get("items") or ()
+            )
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                break
+    return keys
 
 
 def owns_field(obj: Mapping[str, Any], manager: str, *path: str) -> bool:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
@@ -30,16 +28,25 @@ Obj = dict[str, Any]
 IMAGE_PATH = ".spec.template.spec.containers[0].image"
 SECRET_REASONS = ("SecretNotFound", "SecretKeyNotFound")
 
-# One reconciliation per AgentDeployment at a time: spec handlers and child watches
-# run in kopf's thread pool and would otherwise interleave applies of the same children.
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
 
+class Client(Protocol):
+    """The API calls reconciliation makes (`agent_operator.kube` in production, fakes in tests)."""
 
-def lock_for(namespace: str, name: str) -> threading.Lock:
-    """The lock serialising work on one AgentDeployment."""
-    with _locks_guard:
-        return _locks[(namespace, name)]
+    def apply(self, kind: ChildKind, obj: Mapping[str, Any], manager: str = ...) -> Obj:
+        """Server-side apply as `manager`, forcing conflicts."""
+        ...
+
+    def get(self, kind: ChildKind, namespace: str, name: str) -> Obj | None:
+        """The live child, or None."""
+        ...
+
+    def delete(self, kind: ChildKind, namespace: str, name: str) -> bool:
+        """Delete a child; True when something was deleted."""
+        ...
+
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """Key names of a Secret, or None when it does not exist."""
+        ...
 
 
 @dataclass
@@ -92,10 +99,10 @@ def check_spec(raw: Mapping[str, Any]) -> tuple[AgentSpec | None, Problem | None
     return spec, None
 
 
-def check_secrets(namespace: str, spec: AgentSpec) -> Problem | None:
+def check_secrets(client: Client, namespace: str, spec: AgentSpec) -> Problem | None:
     """A problem naming the first referenced Secret or key that does not exist."""
     for ref in spec.secret_refs():
-        keys = kube.secret_keys(namespace, ref.name)
+        keys = client.secret_keys(namespace, ref.name)
         if keys is None:
             return Problem(
                 "SecretNotFound",
@@ -111,12 +118,12 @@ def check_secrets(namespace: str, spec: AgentSpec) -> Problem | None:
     return None
 
 
-def _hand_replicas_to_hpa(live: Obj) -> None:
+def _hand_replicas_to_hpa(client: Client, live: Obj) -> None:
     """Before we stop applying replicas, pin them under another manager so they stay put."""
     if not kube.owns_field(live, MANAGER, "spec", "replicas"):
         return
     meta = live["metadata"]
-    kube.apply(
+    client.apply(
         DEPLOYMENT,
         {
             "apiVersion": "apps/v1",
@@ -126,12 +133,6 @@ def _hand_replicas_to_hpa(live: Obj) -> None:
         },
         manager=kube.HANDOFF_MANAGER,
     )
-
-
-def _apply_child(kind: ChildKind, desired: Obj, spec: AgentSpec, live: Obj | None) -> Obj:
-    if kind is DEPLOYMENT and spec.autoscaling.enabled and live is not None:
-        _hand_replicas_to_hpa(live)
-    return kube.apply(kind, desired)
 
 
 def _drift_notice(
@@ -182,6 +183,7 @@ def advisories(spec: AgentSpec, replicas_changed: bool) -> list[Notice]:
 
 
 def reconcile(
+    client: Client,
     body: Mapping[str, Any],
     *,
     full: bool,
@@ -191,7 +193,7 @@ def reconcile(
     """Apply the children and compute the status.
 
     full=True (create/update/resume): apply every child from the spec.
-    full=False (child watch): compare live children with the spec and restore only
+    full=False (child watch, resync): compare live children with the spec and restore only
     those that drifted or vanished; `live_child` passes the object a watch event carried.
     """
     owner = owner_of(body)
@@ -204,15 +206,15 @@ def reconcile(
         if full:
             outcome.notices.append(Notice(True, "InvalidSpec", problem.message if problem else ""))
         if spec is not None:
-            outcome.status = _status(owner, spec, generation, previous, problem)
+            outcome.status = _status(client, owner, spec, generation, previous, problem)
         return outcome
-    problem = check_secrets(owner.namespace, spec)
+    problem = check_secrets(client, owner.namespace, spec)
     if problem is not None:
         outcome.problem = problem
         outcome.retry = True
         if degraded_reason(previous) != problem.reason:  # once, not on every retry
             outcome.notices.append(Notice(True, problem.reason, problem.message))
-        outcome.status = _status(owner, spec, generation, previous, problem)
+        outcome.status = _status(client, owner, spec, generation, previous, problem)
         return outcome
 
     if full:
@@ -221,11 +223,10 @@ def reconcile(
     for kind, name, desired in build_children(owner, spec):
         if live_child is not None and live_child[0] is not kind:
             continue
+        live = observe_child(client, kind, owner.namespace, name, desired, full, live_child)
+        step = plan_child(kind, name, desired, live, full=full, status=previous)
         try:
-            deployment = (
-                _sync_child(kind, name, desired, spec, full, live_child, previous, outcome, owner)
-                or deployment
-            )
+            result = _carry_out(client, kind, owner.namespace, name, desired, live, spec, step)
         except ApiException as exc:
             if exc.status in (400, 422):
                 outcome.problem = Problem(
@@ -235,57 +236,102 @@ def reconcile(
                 outcome.notices.append(Notice(True, "InvalidSpec", outcome.problem.message))
                 break
             raise
+        if result.notice is not None:
+            outcome.notices.append(result.notice)
+        if kind is DEPLOYMENT:
+            deployment = result.live
     if deployment is None and outcome.problem is None:
-        deployment = kube.get(DEPLOYMENT, owner.namespace, owner.name)
-    outcome.status = _status(owner, spec, generation, previous, outcome.problem, deployment)
+        deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
+    outcome.status = _status(client, owner, spec, generation, previous, outcome.problem, deployment)
     return outcome
 
 
-def _sync_child(
+def observe_child(
+    client: Client,
+    kind: ChildKind,
+    namespace: str,
+    name: str,
+    desired: Obj | None,
+    full: bool,
+    live_child: tuple[ChildKind, Obj | None] | None,
+) -> Obj | None:
+    """The live child as far as the decision needs it (reads only when it matters)."""
+    if live_child is not None:
+        live = live_child[1]
+        if desired is not None and (live is None or drifted_fields(desired, live)):
+            # The event may predate our own last apply: judge drift on the object as it is now.
+            return client.get(kind, namespace, name)
+        return live
+    if full and desired is not None and kind is not DEPLOYMENT:
+        return None  # not needed: apply is idempotent and nothing here depends on it
+    return client.get(kind, namespace, name)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do with one child, and the Event that says so (pure decision)."""
+
+    action: Literal["apply", "delete", "keep"]
+    notice: Notice | None = None
+
+
+def plan_child(
     kind: ChildKind,
     name: str,
     desired: Obj | None,
-    spec: AgentSpec,
+    live: Obj | None,
+    *,
     full: bool,
-    live_child: tuple[ChildKind, Obj | None] | None,
-    previous: Mapping[str, Any],
-    outcome: Outcome,
-    owner: Owner,
-) -> Obj | None:
-    """Apply, restore or delete one child; returns the live Deployment when it is one."""
-    if live_child is not None:
-        live = live_child[1]
-    elif full and desired is not None and kind is not DEPLOYMENT:
-        live = None  # not needed: apply is idempotent and nothing here depends on it
-    else:
-        live = kube.get(kind, owner.namespace, name)
+    status: Mapping[str, Any],
+) -> Step:
+    """Decide: apply (every child on a full pass; a missing or drifted one otherwise), delete
+    (a child the spec no longer has), or keep."""
     if desired is None:
-        if (live is not None or full) and kube.delete(kind, owner.namespace, name):
-            outcome.notices.append(
-                Notice(False, "Deleted", f"deleted {kind.kind}/{name}: no longer in the spec")
-            )
-        return None
+        return Step("delete") if live is not None or full else Step("keep")
     if full:
-        result = _apply_child(kind, desired, spec, live)
-        return result if kind is DEPLOYMENT else None
-    if live_child is not None and (live is None or drifted_fields(desired, live)):
-        # The event may predate our own last apply: judge drift on the object as it is now.
-        live = kube.get(kind, owner.namespace, name)
+        return Step("apply")
     if live is None:
-        result = _apply_child(kind, desired, spec, live)
-        outcome.notices.append(
-            Notice(True, "ChildRecreated", f"{kind.kind}/{name} was deleted; recreated it")
+        return Step(
+            "apply", Notice(True, "ChildRecreated", f"{kind.kind}/{name} was deleted; recreated it")
         )
-        return result if kind is DEPLOYMENT else None
     paths = drifted_fields(desired, live)
     if paths:
-        result = _apply_child(kind, desired, spec, live)
-        outcome.notices.append(_drift_notice(kind, name, paths, previous))
-        return result if kind is DEPLOYMENT else None
-    return live if kind is DEPLOYMENT else None
+        return Step("apply", _drift_notice(kind, name, paths, status))
+    return Step("keep")
+
+
+@dataclass(frozen=True)
+class Done:
+    """What carrying out a step left: the live object (if known) and the Event to post."""
+
+    live: Obj | None
+    notice: Notice | None
+
+
+def _carry_out(
+    client: Client,
+    kind: ChildKind,
+    namespace: str,
+    name: str,
+    desired: Obj | None,
+    live: Obj | None,
+    spec: AgentSpec,
+    step: Step,
+) -> Done:
+    if step.action == "delete":
+        if client.delete(kind, namespace, name):
+            message = f"deleted {kind.kind}/{name}: no longer in the spec"
+            return Done(None, Notice(False, "Deleted", message))
+        return Done(None, None)
+    if step.action == "apply" and desired is not None:
+        if kind is DEPLOYMENT and spec.autoscaling.enabled and live is not None:
+            _hand_replicas_to_hpa(client, live)
+        return Done(client.apply(kind, desired), step.notice)
+    return Done(live, None)
 
 
 def _status(
+    client: Client,
     owner: Owner,
     spec: AgentSpec,
     generation: int,
@@ -294,7 +340,7 @@ def _status(
     deployment: Obj | None = None,
 ) -> Obj:
     if deployment is None and problem is not None:
-        deployment = kube.get(DEPLOYMENT, owner.namespace, owner.name)
+        deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
     return compute_status(
         name=owner.name,
         spec=spec,
