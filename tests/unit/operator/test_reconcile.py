@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 from agent_operator.__main__ import parse_args
-from agent_operator.builders import CONFIGMAP, DEPLOYMENT
+from agent_operator.builders import CONFIGMAP, DEPLOYMENT, SERVICE
 from agent_operator.handlers import _owner_name, _settled
-from agent_operator.reconcile import IMAGE_PATH, _drift_notice, check_spec, status_changed
+from agent_operator.reconcile import (
+    IMAGE_PATH,
+    Step,
+    _drift_notice,
+    check_spec,
+    plan_child,
+    reconcile,
+    status_changed,
+)
 
 
 def test_a_valid_spec_has_no_problem():
@@ -115,3 +125,174 @@ def test_more_than_one_replica_with_in_memory_sessions_is_called_out():
     assert notice.warning
     shared = {"image": "a", "replicas": 2, "session": {"urlSecretRef": {"name": "s", "key": "u"}}}
     assert advisories(parse_spec(shared), False) == []
+
+
+# reconcile's decisions, against an in-memory fake of its client protocol.
+
+
+class FakeKube:
+    """In-memory children keyed by (plural, namespace, name); records every write."""
+
+    def __init__(self, secrets: dict[str, set[str]] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.writes: list[tuple[str, str, str]] = []
+        self.secrets = secrets or {}
+        self.refuse: dict[str, int] = {}
+
+    def apply(self, kind, obj, manager="moorage-operator"):
+        meta = obj["metadata"]
+        if kind.plural in self.refuse:
+            from kubernetes.client.exceptions import ApiException
+
+            raise ApiException(status=self.refuse[kind.plural], reason="Invalid")
+        key = (kind.plural, meta["namespace"], meta["name"])
+        self.writes.append(("apply:" + manager, kind.plural, meta["name"]))
+        live = copy.deepcopy(self.objects.get(key) or {})
+        merged = _merge(live, copy.deepcopy(dict(obj)))
+        if manager == "moorage-operator" and "replicas" in obj.get("spec", {}):
+            merged["metadata"]["managedFields"] = [
+                {"manager": manager, "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            ]
+        self.objects[key] = merged
+        return copy.deepcopy(merged)
+
+    def get(self, kind, namespace, name):
+        found = self.objects.get((kind.plural, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    def delete(self, kind, namespace, name):
+        self.writes.append(("delete", kind.plural, name))
+        return self.objects.pop((kind.plural, namespace, name), None) is not None
+
+    def secret_keys(self, namespace, name):
+        return self.secrets.get(name)
+
+
+def _merge(live: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(live.get(key), dict):
+            live[key] = _merge(live[key], value)
+        else:
+            live[key] = value
+    return live
+
+
+def _agent(spec=None, status=None, generation=1):
+    return {
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1", "generation": generation},
+        "spec": {"image": "agent:1", **(spec or {})},
+        "status": status or {},
+    }
+
+
+def _reasons(outcome):
+    return [n.reason for n in outcome.notices]
+
+
+def test_a_full_pass_creates_every_child_but_no_hpa_while_autoscaling_is_off():
+    fake = FakeKube()
+    outcome = reconcile(fake, _agent(), full=True)
+    assert {key[0] for key in fake.objects} == {
+        "configmaps",
+        "deployments",
+        "services",
+        "poddisruptionbudgets",
+    }
+    assert outcome.problem is None
+    assert outcome.status["observedGeneration"] == 1
+    assert outcome.status["recentImages"] == ["agent:1"]
+
+
+def test_a_drift_pass_writes_nothing_when_the_children_match():
+    fake = FakeKube()
+    reconcile(fake, _agent(), full=True)
+    fake.writes.clear()
+    outcome = reconcile(fake, _agent(), full=False)
+    assert fake.writes == []
+    assert outcome.notices == []
+
+
+def test_a_drift_pass_restores_a_hand_edited_field_and_says_which():
+    fake = FakeKube()
+    reconcile(fake, _agent({"replicas": 2}), full=True)
+    fake.objects[("deployments", "ns", "demo")]["spec"]["replicas"] = 5
+    fake.writes.clear()
+    outcome = reconcile(fake, _agent({"replicas": 2}), full=False)
+    assert fake.writes == [("apply:moorage-operator", "deployments", "demo")]
+    assert fake.objects[("deployments", "ns", "demo")]["spec"]["replicas"] == 2
+    assert _reasons(outcome) == ["DriftRestored"]
+    assert ".spec.replicas" in outcome.notices[0].message
+
+
+def test_a_stale_watch_event_is_judged_on_the_live_object():
+    fake = FakeKube()
+    reconcile(fake, _agent(), full=True)
+    stale = fake.get(DEPLOYMENT, "ns", "demo")
+    stale["spec"]["replicas"] = 9  # what the event carried; the live object is fine again
+    fake.writes.clear()
+    outcome = reconcile(fake, _agent(), full=False, live_child=(DEPLOYMENT, stale))
+    assert fake.writes == []
+    assert outcome.notices == []
+
+
+def test_a_deleted_child_is_recreated_with_an_event():
+    fake = FakeKube()
+    reconcile(fake, _agent(), full=True)
+    del fake.objects[("services", "ns", "demo")]
+    outcome = reconcile(fake, _agent(), full=False, live_child=(SERVICE, None))
+    assert ("services", "ns", "demo") in fake.objects
+    assert _reasons(outcome) == ["ChildRecreated"]
+
+
+def test_a_missing_secret_applies_nothing_and_asks_for_a_retry_once():
+    fake = FakeKube()
+    spec = {"session": {"urlSecretRef": {"name": "store", "key": "url"}}}
+    outcome = reconcile(fake, _agent(spec), full=True)
+    assert fake.objects == {}
+    assert outcome.retry
+    assert outcome.problem.reason == "SecretNotFound"
+    assert _reasons(outcome) == ["SecretNotFound"]
+    again = reconcile(fake, _agent(spec, status=outcome.status), full=False)
+    assert again.notices == []  # said once, not on every retry
+    fake.secrets["store"] = {"url"}
+    assert reconcile(fake, _agent(spec), full=True).problem is None
+
+
+def test_turning_autoscaling_on_hands_replicas_over_before_dropping_them():
+    fake = FakeKube()
+    reconcile(fake, _agent({"replicas": 3}), full=True)
+    fake.writes.clear()
+    auto = {"replicas": 3, "autoscaling": {"enabled": True}, "session": {"url": "redis://r"}}
+    reconcile(fake, _agent(auto), full=True)
+    handoff = ("apply:moorage-operator-handoff", "deployments", "demo")
+    ours = ("apply:moorage-operator", "deployments", "demo")
+    assert fake.writes.index(handoff) < fake.writes.index(ours)
+    assert ("horizontalpodautoscalers", "ns", "demo") in fake.objects
+
+
+def test_turning_autoscaling_off_deletes_the_hpa_with_an_event():
+    fake = FakeKube()
+    auto = {"autoscaling": {"enabled": True}, "session": {"url": "redis://r"}}
+    reconcile(fake, _agent(auto), full=True)
+    outcome = reconcile(fake, _agent({"session": {"url": "redis://r"}}), full=True)
+    assert ("horizontalpodautoscalers", "ns", "demo") not in fake.objects
+    assert "Deleted" in _reasons(outcome)
+
+
+def test_a_child_the_api_server_refuses_is_an_invalid_spec_problem_not_an_error():
+    fake = FakeKube()
+    fake.refuse["deployments"] = 422
+    outcome = reconcile(fake, _agent(), full=True)
+    assert outcome.problem.reason == "InvalidSpec"
+    assert "Deployment/demo" in outcome.problem.message
+    assert not outcome.retry
+
+
+def test_the_plan_for_a_child_is_a_pure_decision():
+    desired = {"spec": {"replicas": 2}}
+    assert plan_child(SERVICE, "demo", None, None, full=False, status={}).action == "keep"
+    assert plan_child(SERVICE, "demo", None, {"x": 1}, full=False, status={}).action == "delete"
+    assert plan_child(SERVICE, "demo", desired, None, full=True, status={}) == Step("apply")
+    recreate = plan_child(SERVICE, "demo", desired, None, full=False, status={})
+    assert (recreate.action, recreate.notice.reason) == ("apply", "ChildRecreated")
+    assert plan_child(SERVICE, "demo", desired, desired, full=False, status={}) == Step("keep")
