@@ -39,12 +39,13 @@ def tool_call(name: str, arguments: str, call_id: str = "call_1") -> dict[str, A
 
 @dataclass
 class Step:
-    """One scripted answer: a status with a body, or a delay before it."""
+    """One scripted answer: a status with a JSON body (or `raw` bytes), after an optional delay."""
 
     status: int = 200
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: bytes | None = None
 
 
 @dataclass
@@ -68,6 +69,8 @@ class FakeOpenAI:
         step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if step.delay_s:
             await asyncio.sleep(step.delay_s)
+        if step.raw is not None:
+            return Response(step.raw, step.status, step.headers, media_type="application/json")
         return JSONResponse(
             step.body or {"error": {"message": "scripted"}}, step.status, step.headers
         )

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_service.metrics import Metrics
-from agent_service.providers import ChatModel, Message, ModelError
+from agent_service.providers import ChatModel, Message, ModelError, ModelTimeout
 from agent_service.tools import Tool
 
+__all__ = ["Agent", "ModelTimeout", "TurnResult"]
+
 SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help."
-
-
-class ModelTimeout(Exception):
-    """One model call took longer than its budget."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,16 @@ class Agent:
                 return await self._model.complete(messages, self._specs)
         except TimeoutError:
             outcome = "timeout"
-            raise ModelTimeout from None
+            raise ModelTimeout("a model call exceeded AGENT_MODEL_TIMEOUT_S") from None
+        except ModelTimeout:
+            outcome = "timeout"
+            raise
         except ModelError:
             outcome = "error"
+            raise
+        except asyncio.CancelledError:
+            # The turn ended around the call (client gone, turn timeout, shutdown): not an answer.
+            outcome = "cancelled"
             raise
         finally:
             self._metrics.model_seconds.labels(self._model.provider, outcome).observe(

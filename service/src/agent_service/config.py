@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     model_api_key_file: Path | None = None
     max_steps: int = Field(8, ge=1, le=64)
     model_timeout_s: PositiveSeconds = 15.0
+    # Retries of one model call, within AGENT_MODEL_TIMEOUT_S (see providers.RetryPolicy).
+    model_retries: int = Field(3, ge=0, le=10)
     request_timeout_s: PositiveSeconds = 30.0
     echo_latency_ms: int = Field(0, ge=0, le=60_000)
 

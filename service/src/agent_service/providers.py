@@ -14,9 +14,36 @@ import httpx
 from agent_service.config import Settings
 
 Message = dict[str, Any]
-_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-_MAX_ATTEMPTS = 4
-_MAX_BACKOFF_S = 4.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one model call retries, all within its budget (AGENT_MODEL_TIMEOUT_S).
+
+    Retried: statuses 408, 409, 429 and 5xx, connection errors and connect timeouts (the request
+    never reached the API). Not retried: a read timeout (the API may still be working on it, a
+    retry would pay twice) and any other answer. Waits grow exponentially with jitter, or follow
+    the API's Retry-After, capped; a retry is not attempted when its wait would leave less than
+    `min_attempt_s` of the budget: the call fails at once with the real cause (502) instead of
+    sleeping into a 504.
+    """
+
+    retries: int = 3
+    first_backoff_s: float = 0.25
+    max_backoff_s: float = 4.0
+    min_attempt_s: float = 1.0
+    connect_timeout_s: float = 5.0
+    statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Wait before retry number `attempt` (1-based); a Retry-After (seconds) wins, capped."""
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_backoff_s)
+            except ValueError:
+                pass
+        wait = min(self.max_backoff_s, self.first_backoff_s * 2 ** (attempt - 1))
+        return float(wait * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
 
 
 @dataclass(frozen=True)
@@ -37,7 +64,11 @@ class ModelReply:
 
 
 class ModelError(Exception):
-    """The provider failed in a way retries did not fix."""
+    """The provider failed in a way retries did not fix (answered as 502 model-unavailable)."""
+
+
+class ModelTimeout(Exception):
+    """One model call took longer than its budget (answered as 504 model-timeout)."""
 
 
 class ChatModel(Protocol):
@@ -93,16 +124,23 @@ class EchoModel:
 
 
 class OpenAIModel:
-    """Any OpenAI-compatible chat completions API, with retries on 429 and 5xx."""
+    """Any OpenAI-compatible chat completions API; one call retries within its own budget."""
 
     provider = "openai"
 
-    def __init__(self, model: str, base_url: str, api_key: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str,
+        timeout_s: float,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self._model = model
+        self._timeout_s = timeout_s
+        self._policy = policy or RetryPolicy()
         self._client = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}
         )
 
     async def complete(
@@ -111,50 +149,59 @@ class OpenAIModel:
         body: dict[str, Any] = {"model": self._model, "messages": list(messages)}
         if tools:
             body["tools"] = list(tools)
-        data = await self._post_with_retries(body)
-        try:
-            message = data["choices"][0]["message"]
-            calls = tuple(
-                ToolCall(
-                    c["id"], c["function"]["name"], json.loads(c["function"]["arguments"] or "{}")
-                )
-                for c in message.get("tool_calls") or ()
-            )
-            return ModelReply(message.get("content") or "", calls)
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            raise ModelError(f"unexpected response shape: {type(err).__name__}") from err
+        return _parse_reply(await self._post_with_retries(body))
 
-    async def _post_with_retries(self, body: dict[str, Any]) -> Any:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
+    async def _post_with_retries(self, body: dict[str, Any]) -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        policy = self._policy
+        deadline = loop.time() + self._timeout_s
+        for attempt in range(1, policy.retries + 2):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ModelTimeout("the model call used up AGENT_MODEL_TIMEOUT_S")
+            # Each attempt gets what is left of the call's budget, not a budget of its own.
+            timeout = httpx.Timeout(remaining, connect=min(remaining, policy.connect_timeout_s))
+            retry_after: str | None = None
             try:
-                response = await self._client.post("/chat/completions", json=body)
+                response = await self._client.post("/chat/completions", json=body, timeout=timeout)
+            except (httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+                failure = f"model API unreachable: {type(err).__name__}"
             except httpx.TimeoutException as err:
-                raise ModelError("model call timed out") from err
+                raise ModelTimeout("the model API did not answer within the budget") from err
             except httpx.TransportError as err:
-                if attempt == _MAX_ATTEMPTS:
-                    raise ModelError(f"model API unreachable: {type(err).__name__}") from err
-                await asyncio.sleep(_backoff(attempt, None))
-                continue
-            if response.status_code in _RETRY_STATUSES and attempt < _MAX_ATTEMPTS:
-                await asyncio.sleep(_backoff(attempt, response.headers.get("retry-after")))
-                continue
-            if response.is_error:
-                raise ModelError(f"model API answered {response.status_code}")
-            return response.json()
-        raise ModelError("model API kept failing")  # pragma: no cover - loop always returns
+                failure = f"model API unreachable: {type(err).__name__}"
+            else:
+                if response.status_code not in policy.statuses:
+                    if response.is_error:
+                        raise ModelError(f"model API answered {response.status_code}")
+                    return response
+                failure = f"model API answered {response.status_code}"
+                retry_after = response.headers.get("retry-after")
+            wait = policy.backoff(attempt, retry_after)
+            if attempt > policy.retries or loop.time() + wait + policy.min_attempt_s > deadline:
+                raise ModelError(f"{failure} (after {attempt} attempts)")
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    """Exponential backoff with jitter; a server's Retry-After (seconds) wins, within the cap."""
-    if retry_after is not None:
-        try:
-            return min(max(float(retry_after), 0.0), _MAX_BACKOFF_S)
-        except ValueError:
-            pass
-    return float(min(_MAX_BACKOFF_S, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))  # noqa: S311
+def _parse_reply(response: httpx.Response) -> ModelReply:
+    """The reply in a 2xx answer; anything unreadable is the provider's failure (502)."""
+    try:
+        message = response.json()["choices"][0]["message"]
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"] or "{}"))
+            for c in message.get("tool_calls") or ()
+        )
+        content = message.get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
+        # ValueError covers a body that is not JSON or is cut short (json.JSONDecodeError).
+        raise ModelError(f"model API answered an unreadable reply ({type(err).__name__})") from err
+    if not isinstance(content, str):
+        raise ModelError("model API answered an unreadable reply (content is not text)")
+    return ModelReply(content, calls)
 
 
 def open_model(settings: Settings) -> ChatModel:
@@ -167,4 +214,5 @@ def open_model(settings: Settings) -> ChatModel:
         settings.model_base_url,
         settings.model_api_key.get_secret_value(),
         settings.model_timeout_s,
+        RetryPolicy(retries=settings.model_retries),
     )

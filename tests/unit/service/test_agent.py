@@ -54,3 +54,21 @@ def test_the_history_reaches_the_model_before_the_new_message() -> None:
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "echo: a"}]
     asyncio.run(agent.run(history, "b"))
     assert [m["content"] for m in seen[0][1:]] == ["a", "echo: a", "b"]
+
+
+def test_a_cancelled_model_call_is_counted_as_cancelled_not_ok() -> None:
+    metrics = Metrics()
+    agent = Agent(EchoModel(latency_s=30), BUILTIN_TOOLS, 8, 60.0, metrics)
+
+    async def cancel_mid_call() -> None:
+        turn = asyncio.create_task(agent.run([], "hello"))
+        await asyncio.sleep(0)  # let the turn start its model call
+        turn.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+
+    asyncio.run(cancel_mid_call())
+    count = "agent_model_call_duration_seconds_count"
+    sample = metrics.registry.get_sample_value
+    assert sample(count, {"provider": "echo", "outcome": "cancelled"}) == 1
+    assert sample(count, {"provider": "echo", "outcome": "ok"}) is None
