@@ -110,3 +110,22 @@ def test_changes_made_while_the_operator_was_down_are_corrected_when_it_starts(
         assert obj["status"]["readyReplicas"] == 2
     finally:
         assert op.stop() == 0
+    # With no operator running, deleting the resource does not wait for one (no finalizer).
+    cluster.kubectl_run(
+        "delete", "-n", namespace, "agentdeployment/resumed", "--wait=true", "--timeout=60s"
+    )
+
+
+def test_a_missing_peering_object_is_created_and_the_operator_serves(
+    cluster: Cluster, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    # kopf alone would wait for it forever, silently, with every resource unserved.
+    cluster.kubectl_run("delete", "clusterkopfpeering", "moorage-operator", "--wait=true")
+    op = _start(cluster, kubeconfig, tmp_path / "op.log")
+    try:
+        apply_agent(cluster, namespace, "peerless")
+        wait_state(cluster, op, namespace, "peerless")
+        assert "ClusterKopfPeering 'moorage-operator' was missing; created it" in op.output()
+    finally:
+        assert op.stop() == 0
+    cluster.kubectl_run("get", "clusterkopfpeering", "moorage-operator")

@@ -92,6 +92,7 @@ class OperatorProcess:
             KUBECONFIG=str(kubeconfig),
             AGENT_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.port}/healthz",
             AGENT_OPERATOR_SECRET_RETRY_SECONDS="2",
+            AGENT_OPERATOR_RESYNC_SECONDS="3",
             **env,
         )
         self._log = log_path.open("w")
@@ -261,6 +262,8 @@ def test_sample_applied_as_is_becomes_ready_with_owned_children(
             True,
         )
     assert kget(cluster, namespace, "hpa", name) is None
+    # No finalizer (no kopf timer or daemon): deleting never waits for a running operator.
+    assert not obj["metadata"].get("finalizers")
     selector = obj["status"]["selector"]
     cluster.kubectl_run(
         "wait", "-n", namespace, "pod", "-l", selector, "--for=condition=Ready", "--timeout=60s"
@@ -379,6 +382,36 @@ def test_hand_edited_replicas_are_restored_while_autoscaling_is_off(
         timeout=60,
     )
     assert ".spec.replicas" in events(cluster, namespace, "edited", "DriftRestored")[0]["message"]
+
+
+def test_an_edit_no_event_leads_back_from_is_repaired_by_the_periodic_resync(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    apply_agent(cluster, namespace, "orphaned")
+    wait_state(cluster, operator, namespace, "orphaned")
+    # Without its owner reference, the Service's own events no longer name the AgentDeployment
+    # (so no event-driven repair happens); only the periodic resync can notice.
+    cluster.kubectl_run(
+        "patch", "-n", namespace, "service", "orphaned", "--type=json",
+        "-p", '[{"op": "remove", "path": "/metadata/ownerReferences"}]',
+    )  # fmt: skip
+    wait_until(
+        lambda: bool(
+            (kget(cluster, namespace, "service", "orphaned") or {})["metadata"].get(
+                "ownerReferences"
+            )
+        ),
+        "the owner reference restored",
+        timeout=60,
+    )
+    wait_until(
+        lambda: any(
+            "ownerReferences" in e["message"]
+            for e in events(cluster, namespace, "orphaned", "DriftRestored")
+        ),
+        "the DriftRestored event",
+        timeout=30,
+    )
 
 
 def _replicas_owners(cluster: Cluster, namespace: str, name: str) -> set[str]:

@@ -200,7 +200,7 @@ def peering_allows(
             continue
         if seen.tzinfo is None:
             seen = seen.replace(tzinfo=datetime.UTC)
-        alive = seen + datetime.timedelta(seconds=lifetime) >= now
+        alive = seen + datetime.timedelta(seconds=lifetime) > now  # kopf: dead at deadline
         if alive and int(info.get("priority", 0)) >= priority:
             return False
     return True

@@ -133,7 +133,9 @@ class Resyncer(Generic[K]):
                 self._context = context
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the thread (once: a second call while it runs does nothing)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         with self._wake:
             self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="resync", daemon=True)
