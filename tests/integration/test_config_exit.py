@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,30 @@ def test_a_session_url_file_with_a_bad_scheme_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "AGENT_SESSION_URL_FILE" in result.stderr
     assert SECRET not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENT_SESSION_URL", "redis://127.0.0.1:6379x/0"),
+        ("AGENT_SESSION_URL", "redis://127.0.0.1:99999/0"),
+        ("AGENT_SESSION_URL", f"redis://default:pa/{SECRET}@127.0.0.1:6379/0"),
+        ("AGENT_SESSION_URL", f"redis://default:pa#{SECRET}@127.0.0.1:6379/0"),
+        ("AGENT_SESSION_URL", f"redis://default:pa?{SECRET}@127.0.0.1:6379/0"),
+        ("AGENT_MODEL_BASE_URL", f"https://u:pa/{SECRET}@llm.invalid/v1"),
+        ("AGENT_MODEL_BASE_URL", "https://llm.invalid:99999/v1"),
+    ],
+    ids=lambda v: v.replace(SECRET, "SECRET"),
+)
+def test_a_url_the_client_would_misparse_exits_2_at_once_naming_it(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    started = time.monotonic()
+    result = run_service_once(tmp_path, **{variable: value})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    # The process (interpreter start included) is gone at once, never after a connect attempt.
+    assert elapsed < 1.5, f"took {elapsed:.2f}s"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
     Field,
@@ -24,6 +25,14 @@ SESSION_SCHEMES = ("redis", "rediss", "memory")
 _SERVICE_LINK_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT_")
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+REDACTED = "***"
+_URL_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
+# A query parameter is a credential when its decoded, lower-cased name contains one of these
+# (redis-py reads `?password=`; model APIs take `?api_key=`, `?key=`, `?sig=`, `?token=`...).
+_SECRET_PARAM_WORDS = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "cred")
+# Settings shown only as set/unset in the startup line, whatever their type.
+_SECRET_FIELD_RE = re.compile(r"(^|_)(key|keys|password|token|secret)$")
 
 
 class LogFormat(StrEnum):
@@ -96,6 +105,7 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL")
+        _check_authority(value, multi_host=False)
         return value.rstrip("/")
 
     @field_validator("session_url")
@@ -156,13 +166,21 @@ class Settings(BaseSettings):
         return urlsplit(self.session_url.get_secret_value()).scheme
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration for the startup log: secrets only as set/unset."""
+        """The effective configuration for the startup log: secrets only as set/unset.
+
+        URLs (any `*_url` setting) are shown with their credentials masked by `redact_url`.
+        """
         shown: dict[str, Any] = {}
-        for name in type(self).model_fields:
+        for name, info in type(self).model_fields.items():
             value = getattr(self, name)
-            if name == "session_url":
-                shown[name] = _redact_url(value.get_secret_value())
-            elif isinstance(value, SecretStr) or name == "model_api_key":
+            plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if name.endswith("_url") and isinstance(plain, str):
+                shown[name] = redact_url(plain)
+            elif (
+                isinstance(value, SecretStr)
+                or "SecretStr" in str(info.annotation)
+                or _SECRET_FIELD_RE.search(name)
+            ):
                 shown[name] = "set" if value is not None else "unset"
             elif isinstance(value, Path):
                 shown[name] = str(value)
@@ -230,15 +248,74 @@ def _check_session_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in SESSION_SCHEMES:
         raise ValueError("must be a redis://, rediss:// or memory:// URL")
-    if parts.scheme != "memory" and not parts.hostname:
-        raise ValueError("must name a host")
+    if parts.scheme != "memory":
+        # `redis+sentinel://h1:p1,h2:p2/...` and `redis+cluster://` list several hosts.
+        _check_authority(url, multi_host="+" in parts.scheme)
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+def _authority_end(rest: str) -> int:
+    """Index in `rest` (the URL after `scheme://`) where the authority ends."""
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return min(ends, default=len(rest))
+
+
+def _check_authority(url: str, *, multi_host: bool) -> None:
+    """Reject what a client library would misparse or fail on; never quote the value."""
+    match = _URL_RE.match(url)
+    if match is None:
+        raise ValueError("must be a URL of the form scheme://host[:port]/...")
+    rest = match["rest"]
+    end = _authority_end(rest)
+    if "@" in rest[end:]:
+        raise ValueError(
+            "has an '@' after a '/', '?' or '#': percent-encode those characters in the user "
+            "name or password ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40)"
+        )
+    hosts = rest[:end].rpartition("@")[2]
+    for host in hosts.split(",") if multi_host else [hosts]:
+        parts = urlsplit(f"//{host}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("has an invalid port: it must be a number from 1 to 65535")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials masked, for logs; only its scheme when it is ambiguous.
+
+    Masks the whole userinfo (a user name can be a token too), the value of every
+    credential-like query parameter, and any fragment. When an '@' follows the authority
+    (an unencoded '/', '?' or '#' in a password) no part of the URL can be trusted to be
+    non-secret, so only `scheme://***` is shown.
+    """
+    match = _URL_RE.match(url)
+    if match is None:
+        return REDACTED
+    scheme, rest = match["scheme"], match["rest"]
+    end = _authority_end(rest)
+    authority, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        return f"{scheme}://{REDACTED}"
+    _, at, hosts = authority.rpartition("@")
+    before_fragment, hash_mark, _ = tail.partition("#")
+    path, question_mark, query = before_fragment.partition("?")
+    shown = f"{scheme}://{REDACTED + '@' if at else ''}{hosts}{path}"
+    if question_mark:
+        shown += "?" + _redact_query(query)
+    if hash_mark:
+        shown += "#" + REDACTED
+    return shown
+
+
+def _redact_query(query: str) -> str:
+    pieces = re.split(r"([&;])", query)
+    for i, piece in enumerate(pieces):
+        name, equals, _ = piece.partition("=")
+        decoded = unquote_plus(name).lower()
+        if equals and any(word in decoded for word in _SECRET_PARAM_WORDS):
+            pieces[i] = f"{name}={REDACTED}"
+    return "".join(pieces)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from agent_service.config import ConfigError, LogFormat, load_settings, unknown_variables
+from agent_service.config import (
+    ConfigError,
+    LogFormat,
+    load_settings,
+    redact_url,
+    unknown_variables,
+)
 
 
 def test_defaults_follow_the_design_table() -> None:
@@ -46,9 +52,94 @@ def test_the_redacted_view_shows_secrets_only_as_set_or_unset(
     monkeypatch.setenv("AGENT_SESSION_URL", "redis://user:hunter2@cache:6379/0")
     shown = load_settings().redacted()
     assert shown["model_api_key"] == "set"
-    assert shown["session_url"] == "redis://user:***@cache:6379/0"
+    assert shown["session_url"] == "redis://***@cache:6379/0"
     assert "sk-very-secret" not in repr(shown)
     assert "hunter2" not in repr(shown)
+
+
+SECRET = "hunter2-0b7e"
+
+REDACTIONS = [
+    pytest.param(
+        f"redis://cache:6379/0?password={SECRET}",
+        "redis://cache:6379/0?password=***",
+        id="password-query-param",
+    ),
+    pytest.param(
+        f"rediss://cache:6380/0?ssl_cert_reqs=none&Pass%77ord={SECRET}",
+        "rediss://cache:6380/0?ssl_cert_reqs=none&Pass%77ord=***",
+        id="percent-encoded-param-name",
+    ),
+    pytest.param(f"redis://default:{SECRET}@cache/0", "redis://***@cache/0", id="userinfo"),
+    pytest.param(f"redis://{SECRET}@cache/0", "redis://***@cache/0", id="user-only-token"),
+    pytest.param(f"redis://:a@{SECRET}@cache:1/0", "redis://***@cache:1/0", id="unencoded-at"),
+    pytest.param(f"redis://:pa/{SECRET}@cache:6379/0", "redis://***", id="unencoded-slash"),
+    pytest.param(f"redis://:pa#{SECRET}@cache:6379/0", "redis://***", id="unencoded-hash"),
+    pytest.param(f"redis://:pa?{SECRET}@cache:6379/0", "redis://***", id="unencoded-question"),
+    pytest.param(
+        f"redis+sentinel://u:{SECRET}@s1:26379,s2:26379/primary/0",
+        "redis+sentinel://***@s1:26379,s2:26379/primary/0",
+        id="sentinel-hosts",
+    ),
+    pytest.param(
+        f"https://u:{SECRET}@llm.example/v1?api-version=2024-06-01&api_key={SECRET}",
+        "https://***@llm.example/v1?api-version=2024-06-01&api_key=***",
+        id="base-url-userinfo-and-key",
+    ),
+    pytest.param(
+        f"https://llm.example/v1?a=1;token={SECRET}&sig={SECRET}#{SECRET}",
+        "https://llm.example/v1?a=1;token=***&sig=***#***",
+        id="semicolon-signature-fragment",
+    ),
+    pytest.param(f"not a url {SECRET}", "***", id="unparseable"),
+    pytest.param("memory://", "memory://", id="nothing-to-hide"),
+]
+
+
+@pytest.mark.parametrize(("url", "shown"), REDACTIONS)
+def test_redact_url_masks_every_form_of_credential(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert SECRET not in redact_url(url)
+
+
+def test_the_startup_view_redacts_the_session_url_query_and_the_model_base_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENT_SESSION_URL", f"redis://cache:6379/0?password={SECRET}")
+    monkeypatch.setenv("AGENT_MODEL_BASE_URL", f"https://u:{SECRET}@llm.example/v1?key={SECRET}")
+    shown = load_settings().redacted()
+    assert shown["session_url"] == "redis://cache:6379/0?password=***"
+    assert shown["model_base_url"] == "https://***@llm.example/v1?key=***"
+    assert SECRET not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("AGENT_SESSION_URL", "redis://cache:6379x/0"),
+        ("AGENT_SESSION_URL", "redis://cache:99999/0"),
+        ("AGENT_SESSION_URL", "redis://cache:0/0"),
+        ("AGENT_SESSION_URL", f"redis://:pa/{SECRET}@cache:6379/0"),
+        ("AGENT_SESSION_URL", f"redis://:pa?{SECRET}@cache:6379/0"),
+        ("AGENT_MODEL_BASE_URL", "https://llm.example:99999/v1"),
+        ("AGENT_MODEL_BASE_URL", f"https://u:pa/{SECRET}@llm.example/v1"),
+    ],
+)
+def test_a_url_a_client_would_misparse_is_a_named_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert [p.split(":")[0] for p in caught.value.problems] == [variable]
+    assert SECRET not in str(caught.value)
+
+
+def test_a_percent_encoded_password_and_an_ipv6_host_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENT_SESSION_URL", "redis://:pa%2Fss%23w%3Frd@[::1]:6379/0")
+    assert load_settings().redacted()["session_url"] == "redis://***@[::1]:6379/0"
 
 
 def test_every_problem_is_reported_by_variable_name(monkeypatch: pytest.MonkeyPatch) -> None:
