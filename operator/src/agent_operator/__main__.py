@@ -9,8 +9,9 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import kopf
@@ -66,35 +67,50 @@ PEERING_FIX = (
 )
 
 
-def ensure_peering() -> bool:
-    """Make sure the ClusterKopfPeering exists, creating it if needed; False (and an error
-    saying what is missing and how to fix it) when it cannot.
-
-    Without it kopf stays paused forever and says nothing, so this check runs before kopf.
-    """
+def peering_problem() -> str | None:
+    """None when the ClusterKopfPeering exists (created here when missing), else what is
+    wrong and how to fix it."""
     try:
         if not kube.peering_served():
-            log.error(
-                "the ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev) is not installed, so "
-                "the operator cannot coordinate its instances; install the CRDs with "
-                "`kubectl apply -k manifests/crds` and start the operator again"
+            return (
+                "the ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev) is not installed; "
+                "install the CRDs with `kubectl apply -k manifests/crds`"
             )
-            return False
         if kube.get_peering(MANAGER) is not None:
-            return True
+            return None
         created = kube.create_peering(MANAGER)
     except ApiException as exc:
-        log.error(
-            "the ClusterKopfPeering %r does not exist and the operator could not create it "
-            "(%s): %s",
-            MANAGER,
-            kube.error_message(exc),
-            PEERING_FIX,
+        return (
+            f"the ClusterKopfPeering {MANAGER!r} does not exist and the operator could not "
+            f"create it ({kube.error_message(exc)}): {PEERING_FIX}"
         )
-        return False
+    except Exception as exc:  # connection failures (urllib3's): say so and keep trying
+        return f"the API server did not answer ({exc})"
     if created:
         log.warning("the ClusterKopfPeering %r was missing; created it", MANAGER)
-    return True
+    return None
+
+
+def wait_for_peering(
+    *,
+    poll: float = 2.0,
+    repeat: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Block until the peering object exists, saying at once (and every `repeat` seconds)
+    what is missing and how to fix it.
+
+    kopf itself would start, find no peering object, and stay paused forever without a word.
+    """
+    said_at: float | None = None
+    while (problem := peering_problem()) is not None:
+        if said_at is None or clock() - said_at >= repeat:
+            log.error("cannot start: %s; waiting until that is fixed", problem)
+            said_at = clock()
+        sleep(poll)
+    if said_at is not None:
+        log.info("the ClusterKopfPeering %r is there now; starting", MANAGER)
 
 
 def own_identity() -> str:
@@ -122,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "starting agent-operator",
         extra={"namespaces": namespaces or "all", "liveness": args.liveness or "off"},
     )
-    if not ensure_peering():
-        return 2
+    wait_for_peering()
     identity = own_identity()
     kopf.run(
         clusterwide=not namespaces,

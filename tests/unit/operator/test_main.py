@@ -34,7 +34,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
 
 def test_an_existing_peering_object_is_used_as_is(api: dict[str, object]) -> None:
     api["exists"] = True
-    assert entry.ensure_peering()
+    assert entry.peering_problem() is None
     assert api["created"] == []
 
 
@@ -42,38 +42,52 @@ def test_a_missing_peering_object_is_created(
     api: dict[str, object], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        assert entry.ensure_peering()
+        assert entry.peering_problem() is None
     assert api["created"] == ["moorage-operator"]
     assert "ClusterKopfPeering 'moorage-operator' was missing; created it" in caplog.text
 
 
-def test_without_rights_to_create_it_the_error_names_the_object_and_the_fix(
-    api: dict[str, object], caplog: pytest.LogCaptureFixture
+def test_without_rights_to_create_it_the_problem_names_the_object_and_the_fix(
+    api: dict[str, object],
 ) -> None:
     api["create"] = 403
-    assert not entry.ensure_peering()
-    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    message = record.getMessage()
-    assert "ClusterKopfPeering 'moorage-operator' does not exist" in message
-    assert "kubectl apply -f manifests/operator/peering.yaml" in message
+    problem = entry.peering_problem()
+    assert problem is not None
+    assert "ClusterKopfPeering 'moorage-operator' does not exist" in problem
+    assert "kubectl apply -f manifests/operator/peering.yaml" in problem
 
 
-def test_without_the_peering_crd_the_error_says_to_install_the_crds(
-    api: dict[str, object], caplog: pytest.LogCaptureFixture
+def test_without_the_peering_crd_the_problem_says_to_install_the_crds(
+    api: dict[str, object],
 ) -> None:
     api["served"] = False
-    assert not entry.ensure_peering()
-    assert "kubectl apply -k manifests/crds" in caplog.text
+    problem = entry.peering_problem()
+    assert problem is not None
+    assert "kubectl apply -k manifests/crds" in problem
     assert api["created"] == []
 
 
-def test_main_exits_2_before_starting_kopf_when_peering_is_impossible(
-    api: dict[str, object], monkeypatch: pytest.MonkeyPatch
+def test_start_up_says_at_once_what_is_missing_and_goes_on_once_it_is_fixed(
+    api: dict[str, object], caplog: pytest.LogCaptureFixture
 ) -> None:
     api["served"] = False
-    monkeypatch.setattr(entry.kopf, "run", lambda **_: pytest.fail("kopf started"))
-    monkeypatch.setattr(entry.kopf, "configure", lambda **_: None)
-    assert entry.main(["--liveness", ""]) == 2
+    clock = {"now": 0.0}
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        clock["now"] += seconds
+        if len(polls) == 20:  # 40 s later the CRDs are installed
+            api["served"] = True
+
+    with caplog.at_level(logging.INFO):
+        entry.wait_for_peering(poll=2.0, repeat=30.0, sleep=sleep, clock=lambda: clock["now"])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # Said on the first attempt, repeated after 30 s, not on every poll.
+    assert len(errors) == 2
+    assert "kubectl apply -k manifests/crds" in errors[0]
+    assert api["created"] == ["moorage-operator"]
+    assert "is there now; starting" in caplog.text
 
 
 def _peer(priority: int, seconds_ago: int, lifetime: int = 60) -> dict[str, object]:
