@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import kopf
+import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from agent_operator import handlers as _handlers  # noqa: F401 - registers the kopf handlers
@@ -85,7 +86,7 @@ def peering_problem() -> str | None:
             f"create it ({kube.error_message(exc)}): {PEERING_FIX}"
         )
     except Exception as exc:  # connection failures (urllib3's): say so and keep trying
-        return f"the API server did not answer ({exc})"
+        return f"could not reach the API server ({exc})"
     if created:
         log.warning("the ClusterKopfPeering %r was missing; created it", MANAGER)
     return None
@@ -138,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "starting agent-operator",
         extra={"namespaces": namespaces or "all", "liveness": args.liveness or "off"},
     )
+    try:
+        kube.api_client()
+    except kubernetes.config.ConfigException as exc:
+        log.error("no Kubernetes credentials: %s (set KUBECONFIG or run in a pod)", exc)
+        return 2
     wait_for_peering()
     identity = own_identity()
     kopf.run(

@@ -107,3 +107,18 @@ def test_the_resync_pauses_beside_an_equal_or_higher_priority_or_without_peering
     assert not peering_allows({"status": {**me, "twin": _peer(0, 1)}}, "me", 0, NOW)
     assert not peering_allows({"status": {**me, "debug": _peer(100, 1)}}, "me", 0, NOW)
     assert not peering_allows(None, "me", 0, NOW)
+
+
+def test_without_credentials_it_exits_2_before_starting_kopf(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(entry.kopf, "configure", lambda **_: None)
+    monkeypatch.setattr(entry.kopf, "run", lambda **_: pytest.fail("kopf started"))
+    kube.api_client.cache_clear()
+    try:
+        assert entry.main(["--liveness", ""]) == 2
+    finally:
+        kube.api_client.cache_clear()
+    assert "no Kubernetes credentials" in caplog.text
