@@ -144,8 +144,11 @@ def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
         body = kube.get_agent(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
             return
-        outcome = reconcile(kube, body, full=False, live_child=live_child)
         was = degraded_reason(body.get("status") or {})
+        # Waiting for a Secret, the children may never have been made: apply them all (a drift
+        # pass would report each one as "deleted by hand").
+        waiting = was in SECRET_REASONS
+        outcome = reconcile(kube, body, full=waiting, live_child=None if waiting else live_child)
         if was in SECRET_REASONS and outcome.problem is None:
             outcome.notices.append(
                 Notice(False, "Recovered", "the referenced Secret is there now; children applied")
