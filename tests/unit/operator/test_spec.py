@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_operator.spec import IMAGE_PATTERN, AgentSpec, parse_spec, validate
+from agent_operator.spec import (
+    IMAGE_PATTERN,
+    SERVICE_BOUNDS,
+    AgentSpec,
+    _bounded_values,
+    parse_spec,
+    validate,
+)
 
 CRD = Path(__file__).resolve().parents[3] / "manifests" / "crds" / "agentdeployments.yaml"
 
@@ -100,6 +107,16 @@ def test_invalid_image_references_are_rejected(image):
         ({"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}}, "cannot both be 0"),
         ({"disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
         ({"env": [{"name": "AGENT_PORT", "value": "1"}]}, "may not set AGENT_PORT"),
+        ({"model": {"maxSteps": 65}}, "spec.model.maxSteps must be between 1 and 64"),
+        ({"session": {"ttlSeconds": 59}}, "spec.session.ttlSeconds must be between 60"),
+        (
+            {"model": {"timeoutSeconds": 31, "requestTimeoutSeconds": 30}},
+            "timeoutSeconds must be less than or equal to model.requestTimeoutSeconds",
+        ),
+        (
+            {"model": {"name": "openai:gpt-4o-mini"}},
+            "modelApiKeySecretRef is required when spec.model.name is openai:<model>",
+        ),
     ],
 )
 def test_each_rule_reports_a_clear_problem(raw, fragment):
@@ -118,3 +135,26 @@ def test_secret_refs_lists_only_the_references_given():
     spec = parse_spec({"image": "a", "session": {"urlSecretRef": {"name": "store", "key": "url"}}})
     assert [(r.name, r.key) for r in spec.secret_refs()] == [("store", "url")]
     assert AgentSpec(image="a").secret_refs() == []
+
+
+def test_the_service_bounds_are_the_crds_and_cover_every_bounded_field():
+    props = _crd_spec_schema()["properties"]
+    for path, (low, high) in SERVICE_BOUNDS.items():
+        node = props
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]["properties"]
+        assert (node[leaf]["minimum"], node[leaf]["maximum"]) == (low, high), path
+    assert set(SERVICE_BOUNDS) == set(_bounded_values(AgentSpec(image="a")))
+    assert SERVICE_BOUNDS["model.maxSteps"] == (1, 64)
+
+
+def test_an_openai_model_with_a_key_and_equal_timeouts_is_valid():
+    spec = parse_spec(
+        {
+            "image": "agent:1",
+            "model": {"name": "openai:m", "timeoutSeconds": 30, "requestTimeoutSeconds": 30},
+            "modelApiKeySecretRef": {"name": "llm", "key": "api-key"},
+        }
+    )
+    assert validate(spec) == []

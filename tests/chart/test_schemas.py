@@ -1,0 +1,201 @@
+"""The CRD, the chart schema and the operator take their bounds from the service's settings.
+
+`make schemas` (hack/schema/generate.py) writes them; these tests fail when a committed copy is
+stale, when a bound differs from what the service accepts, or when the chart passes a bounded
+setting to the service that the generator does not map.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+import typing
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from agent_service.config import Settings
+from tests.chart.conftest import CHART, ROOT, run_helm
+
+GENERATOR = ROOT / "hack" / "schema" / "generate.py"
+CRD = ROOT / "manifests" / "crds" / "agentdeployments.yaml"
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("schema_generate", GENERATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generator()
+
+
+def _service_limits(setting: str) -> dict[str, Any]:
+    """ge/gt/le/lt and choices of a settings field, read independently of the generator."""
+    info = Settings.model_fields[setting]
+    limits = {
+        key: getattr(item, key)
+        for item in info.metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(item, key, None) is not None
+    }
+    annotation = info.annotation
+    if typing.get_origin(annotation) is typing.Literal:
+        limits["choices"] = [str(a) for a in typing.get_args(annotation)]
+    elif isinstance(annotation, type) and issubclass(annotation, Enum):
+        limits["choices"] = [str(m.value) for m in annotation]
+    return limits
+
+
+def _crd_properties() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema["properties"]["spec"]["properties"]  # type: ignore[no-any-return]
+
+
+def _at(properties: dict[str, Any], path: str) -> dict[str, Any]:
+    *parents, leaf = path.split(".")
+    node = properties
+    for part in parents:
+        node = node[part]["properties"]
+    return node[leaf]  # type: ignore[no-any-return]
+
+
+def _accepted_range(prop: dict[str, Any]) -> tuple[float, float, bool]:
+    """(low, high, low-is-exclusive) of a JSON-schema property."""
+    if "exclusiveMinimum" in prop:
+        return prop["exclusiveMinimum"], prop["maximum"], True
+    return prop["minimum"], prop["maximum"], False
+
+
+def _assert_same_bounds(prop: dict[str, Any], limits: dict[str, Any], where: str) -> None:
+    if "choices" in limits:
+        assert prop["enum"] == limits["choices"], where
+        return
+    low, high, exclusive = _accepted_range(prop)
+    integer = prop["type"] == "integer"
+    if "ge" in limits:
+        assert (low, exclusive) == (limits["ge"], False), where
+    elif integer:  # gt on an integer property: the smallest integer above it
+        assert (low, exclusive) == (math.floor(limits["gt"]) + 1, False), where
+    else:
+        assert (low, exclusive) == (limits["gt"], True), where
+    assert high == limits["le"], where
+
+
+def test_the_committed_files_equal_a_fresh_generation(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(GENERATOR), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    for relative, _ in generate.RENDERERS:
+        fresh = (tmp_path / relative).read_text()
+        assert fresh == (ROOT / relative).read_text(), f"{relative} is stale: run `make schemas`"
+
+
+@pytest.mark.parametrize(
+    "mapping", [m for m in generate.MAPPINGS if m.crd], ids=lambda m: m.setting
+)
+def test_each_crd_bound_equals_the_services(mapping: Any) -> None:
+    prop = _at(_crd_properties(), mapping.crd)
+    _assert_same_bounds(prop, _service_limits(mapping.setting), f"CRD spec.{mapping.crd}")
+
+
+@pytest.mark.parametrize(
+    "mapping", [m for m in generate.MAPPINGS if m.chart], ids=lambda m: m.setting
+)
+def test_each_chart_bound_equals_the_services(mapping: Any) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    prop = _at(schema["properties"], mapping.chart)
+    limits = _service_limits(mapping.setting)
+    if mapping.chart_minimum is not None:
+        # A deliberate, documented tightening: never below what the service accepts.
+        minimum, why = mapping.chart_minimum
+        assert why
+        assert prop["minimum"] == minimum >= limits.get("ge", limits.get("gt", -math.inf))
+        limits = {**limits, "ge": minimum}
+        limits.pop("gt", None)
+    _assert_same_bounds(prop, limits, f"values {mapping.chart}")
+
+
+def _chart_env_values() -> dict[str, str]:
+    """AGENT_* variable -> values path, for each `AGENT_X: {{ .Values.path ...` of the chart."""
+    template = (CHART / "templates" / "configmap.yaml").read_text()
+    found = re.findall(r"^\s*(AGENT_[A-Z_]+): \{\{ \.Values\.([A-Za-z.]+)", template, re.M)
+    return dict(found)
+
+
+def test_every_bounded_setting_the_chart_passes_is_generated() -> None:
+    mapped = {(m.setting, m.chart) for m in generate.MAPPINGS}
+    passed = _chart_env_values()
+    assert "AGENT_MAX_STEPS" in passed  # the scan sees the template's shape
+    missing = [
+        f"{variable} <- values.{path}"
+        for variable, path in passed.items()
+        for setting in [variable.removeprefix("AGENT_").lower()]
+        if _service_limits(setting) and (setting, path) not in mapped
+    ]
+    assert not missing, f"add to hack/schema/generate.py MAPPINGS: {missing}"
+
+
+def test_integer_and_number_properties_get_the_right_keywords() -> None:
+    c = generate.Constraint(gt=0, le=3600)
+    assert generate.schema_keys(c, "integer") == {"minimum": 1, "maximum": 3600}
+    assert generate.schema_keys(c, "number") == {"exclusiveMinimum": 0, "maximum": 3600}
+    assert generate.schema_keys(generate.Constraint(ge=2, lt=10.5), "integer") == {
+        "minimum": 2,
+        "maximum": 10,
+    }
+
+
+def test_the_crd_is_rewritten_in_place_keeping_comments_and_layout() -> None:
+    text = CRD.read_text()
+    stale = text.replace(
+        "maxSteps: {type: integer, minimum: 1, maximum: 64,",
+        "maxSteps: {type: integer, maximum: 100,",
+    )
+    assert stale != text
+    assert generate.render_crd(stale) == text
+
+
+# --- the chart, rendered: the service's limits are the chart's limits -------------------------
+
+
+def _bad_value(mapping: Any) -> tuple[str, float] | None:
+    limits = _service_limits(mapping.setting)
+    return None if "choices" in limits else (mapping.chart, limits["le"] + 1)
+
+
+@pytest.mark.parametrize(
+    "mapping", [m for m in generate.MAPPINGS if m.chart and _bad_value(m)], ids=lambda m: m.setting
+)
+def test_helm_refuses_one_above_the_services_maximum_and_takes_the_maximum(
+    helm: Path, mapping: Any
+) -> None:
+    path, too_big = _bad_value(mapping)  # type: ignore[misc]
+    limit = _service_limits(mapping.setting)["le"]
+    # Other rules stay satisfied: the model call within the turn, a shared store for workers.
+    extra = ["--set", "session.url=redis://cache:6379/0"]
+    if path == "model.timeoutSeconds":
+        extra += ["--set", f"server.requestTimeoutSeconds={limit}"]
+    ok = run_helm(helm, "template", "agent", str(CHART), "--set", f"{path}={limit}", *extra)
+    assert ok.returncode == 0
+    refused = run_helm(
+        helm, "template", "agent", str(CHART), "--set", f"{path}={too_big}", *extra, check=False
+    )
+    assert refused.returncode != 0
+    assert f"at '/{path.replace('.', '/')}'" in refused.stderr, refused.stderr
