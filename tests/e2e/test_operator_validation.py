@@ -101,6 +101,28 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
         ),
         ({"image": "a:1", "logLevel": "loud"}, 'Unsupported value: "loud"'),
         ({"image": "a:1", "model": {"baseUrl": "ftp://x"}}, "model.baseUrl must be an http"),
+        # Bounds generated from the service's settings (make schemas): AGENT_MAX_STEPS <= 64.
+        (
+            {"image": "a:1", "model": {"maxSteps": 65}},
+            "spec.model.maxSteps: Invalid value: 65: spec.model.maxSteps in body should be "
+            "less than or equal to 64",
+        ),
+        (
+            {"image": "a:1", "session": {"ttlSeconds": 7776001}},
+            "should be less than or equal to 7776000",
+        ),
+        (
+            {"image": "a:1", "model": {"timeoutSeconds": 31}},
+            "model.timeoutSeconds must be less than or equal to model.requestTimeoutSeconds",
+        ),
+        (
+            {"image": "a:1", "model": {"timeoutSeconds": 20, "requestTimeoutSeconds": 10}},
+            "model.timeoutSeconds must be less than or equal to model.requestTimeoutSeconds",
+        ),
+        (
+            {"image": "a:1", "model": {"name": "openai:gpt-4o-mini"}},
+            "modelApiKeySecretRef is required when model.name is openai:<model>",
+        ),
     ],
 )
 def test_invalid_objects_are_rejected_with_the_rules_message(
@@ -109,6 +131,23 @@ def test_invalid_objects_are_rejected_with_the_rules_message(
     code, stderr = _dry_run(installed, namespace, spec)
     assert code != 0
     assert message in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {
+            "image": "a:1",
+            "model": {"name": "openai:gpt-4o-mini", "timeoutSeconds": 30, "maxSteps": 64},
+            "modelApiKeySecretRef": {"name": "llm", "key": "api-key"},
+        },
+        {"image": "a:1", "model": {"timeoutSeconds": 3600, "requestTimeoutSeconds": 3600}},
+    ],
+    ids=["openai-with-key-at-the-limits", "equal-timeouts-at-the-service-maximum"],
+)
+def test_what_the_service_accepts_the_crd_accepts(installed: Cluster, namespace: str, spec):
+    code, stderr = _dry_run(installed, namespace, spec)
+    assert code == 0, stderr
 
 
 def test_scaling_below_zero_through_the_scale_subresource_is_rejected(
