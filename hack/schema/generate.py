@@ -6,7 +6,9 @@ service refuses turns `kubectl apply`/`helm install` success into a crash-loopin
 three files carry generated copies:
 
   manifests/crds/agentdeployments.yaml         minimum/maximum/enum of mapped spec fields
-  charts/agent/values.schema.json              minimum/exclusiveMinimum/maximum/enum of values
+  charts/agent/values.schema.json              minimum/exclusiveMinimum/maximum/enum of values,
+                                               and session.url's pattern (the CRD's, which
+                                               mirrors the service's URL checks)
   operator/src/agent_operator/spec.py          SERVICE_BOUNDS between its BEGIN/END markers
 
 Only those keys are rewritten; comments, layout and everything else stay as written. Run by
@@ -30,8 +32,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "service" / "src"))
+sys.path[:0] = [str(ROOT / "service" / "src"), str(ROOT / "operator" / "src")]
 
+from agent_operator.spec import SESSION_URL_PATTERN  # noqa: E402
 from agent_service.config import Settings  # noqa: E402
 
 CRD = Path("manifests/crds/agentdeployments.yaml")
@@ -205,9 +208,17 @@ def _chart_property(schema: dict[str, Any], path: str) -> dict[str, Any]:
     return node
 
 
+def chart_session_url_pattern() -> str:
+    """The CRD's session URL pattern without memory:// (the chart's default), empty allowed."""
+    memory = "memory://.*|"
+    assert SESSION_URL_PATTERN.startswith("^(?:" + memory)
+    return "^(?:" + SESSION_URL_PATTERN.removeprefix("^(?:" + memory).removesuffix(")$") + ")?$"
+
+
 def render_chart_schema(text: str) -> str:
     """values.schema.json with every mapped value's bounds set from the service."""
     schema = json.loads(text)
+    _chart_property(schema, "session.url")["pattern"] = chart_session_url_pattern()
     for m in MAPPINGS:
         if m.chart is None:
             continue

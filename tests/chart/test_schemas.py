@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_service.config import Settings
+from agent_operator.spec import SESSION_URL_PATTERN
+from agent_service.config import Settings, _check_session_url
 from tests.chart.conftest import CHART, ROOT, run_helm
 
 GENERATOR = ROOT / "hack" / "schema" / "generate.py"
@@ -170,6 +171,37 @@ def test_the_crd_is_rewritten_in_place_keeping_comments_and_layout() -> None:
     )
     assert stale != text
     assert generate.render_crd(stale) == text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://",
+        "redis://cache",
+        "redis://cache:6379/0",
+        "rediss://default:pw@cache.example:6380/1?ssl_cert_reqs=none",
+        "redis://:p@ss@cache:1/0",
+        "redis://:pa%2Fss@[::1]:65535/0",
+        "redis://cache:/0",
+        "redis://cache:6379x/0",
+        "redis://cache:99999/0",
+        "redis://cache:65536",
+        "redis://cache:0/0",
+        "redis://u:pa/ss@cache:6379/0",
+        "redis://u:pa#ss@cache:6379/0",
+        "redis://u:pa?ss@cache:6379/0",
+        "redis://",
+        "redis:///0",
+        "http://cache:6379",
+    ],
+)
+def test_the_crd_session_url_pattern_accepts_what_the_service_accepts(url: str) -> None:
+    try:
+        _check_session_url(url)
+        service_accepts = True
+    except ValueError:
+        service_accepts = False
+    assert bool(re.match(SESSION_URL_PATTERN, url)) == service_accepts
 
 
 # --- the chart, rendered: the service's limits are the chart's limits -------------------------

@@ -49,6 +49,35 @@ BAD_VALUES = [
     pytest.param(
         ["--set", "replicaCount=2"], "sessions would live in memory://", id="memory-sessions-shared"
     ),
+    # The service's own limits and cross-field checks (see tests/chart/test_schemas.py).
+    pytest.param(
+        ["--set", "model.maxSteps=65"], "at '/model/maxSteps': maximum: got 65", id="max-steps"
+    ),
+    pytest.param(
+        ["--set", "session.url=redis://cache:6379x/0"], "at '/session/url'", id="port-typo"
+    ),
+    pytest.param(
+        ["--set", "session.url=redis://cache:99999/0"], "at '/session/url'", id="port-range"
+    ),
+    pytest.param(
+        ["--set", "model.timeoutSeconds=60"],
+        "model.timeoutSeconds (60) must not exceed server.requestTimeoutSeconds (30)",
+        id="model-timeout-above-turn",
+    ),
+    pytest.param(
+        ["--set", "model.name=openai:gpt-4o-mini"],
+        "model.name is openai:gpt-4o-mini, which needs an API key: set model.apiKey, or "
+        "existingSecret.name with existingSecret.modelApiKeyKey",
+        id="openai-without-key",
+    ),
+    pytest.param(
+        [
+            "--set",
+            "model.name=openai:gpt-4o-mini,existingSecret.name=creds,existingSecret.modelApiKeyKey=",
+        ],
+        "which needs an API key",
+        id="openai-existing-secret-without-key",
+    ),
 ]
 
 
@@ -74,3 +103,17 @@ def test_schema_closes_every_object_of_its_own() -> None:
 
     walk(schema, "values")
     assert not open_objects
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "model.name=openai:gpt-4o-mini,model.apiKey=sk-x"],
+        ["--set", "model.timeoutSeconds=30,server.requestTimeoutSeconds=30"],
+        ["--set", "session.url=redis://:p%2Fw@cache.example:65535/0"],
+    ],
+    ids=["openai-with-key", "equal-timeouts", "encoded-password-top-port"],
+)
+def test_values_the_service_accepts_render(helm: Path, args: list[str]) -> None:
+    result = run_helm(helm, "template", "agent", str(CHART), *args, check=False)
+    assert result.returncode == 0, result.stderr

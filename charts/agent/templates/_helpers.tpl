@@ -156,4 +156,11 @@ Checks across values that a JSON schema cannot express; a failed one stops the r
 {{- if and .Values.existingSecret.name (or .Values.session.url .Values.model.apiKey) }}
 {{- fail "existingSecret.name is set, so session.url and model.apiKey must be empty: put them in that Secret" }}
 {{- end }}
+{{- /* The service's own cross-field checks, so a bad value fails the install, not the pod. */}}
+{{- if gt (float64 .Values.model.timeoutSeconds) (float64 .Values.server.requestTimeoutSeconds) }}
+{{- fail (printf "model.timeoutSeconds (%v) must not exceed server.requestTimeoutSeconds (%v): one model call cannot outlast the turn" .Values.model.timeoutSeconds .Values.server.requestTimeoutSeconds) }}
+{{- end }}
+{{- if and (hasPrefix "openai:" .Values.model.name) (not (include "agent.modelApiKeyKey" .)) }}
+{{- fail (printf "model.name is %s, which needs an API key: set model.apiKey, or existingSecret.name with existingSecret.modelApiKeyKey" .Values.model.name) }}
+{{- end }}
 {{- end }}

@@ -25,7 +25,17 @@ IMAGE_PATTERN = (
 _IMAGE_RE = re.compile(IMAGE_PATTERN)
 MODEL_PATTERN = r"^(echo|openai:[A-Za-z0-9._:/-]+)$"
 _MODEL_RE = re.compile(MODEL_PATTERN)
-SESSION_URL_PATTERN = r"^(memory://.*|rediss?://.+)$"
+# What the service accepts (agent_service.config): a host, a port from 1 to 65535 if any, and no
+# '@' after the host part (an unencoded '/', '?' or '#' in a password, which clients misparse).
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_HOST = r"(?:[^/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+SESSION_URL_PATTERN = (
+    rf"^(?:memory://.*|rediss?://(?:[^/?#]*@)?{_HOST}(?::{_PORT}?)?(?:[/?#][^@]*)?)$"
+)
+SESSION_URL_MESSAGE = (
+    "session.url must start with redis://, rediss:// or memory://, name a host, have a port "
+    "from 1 to 65535 if any, and percent-encode '/', '?' and '#' in a password"
+)
 _SESSION_URL_RE = re.compile(SESSION_URL_PATTERN)
 
 # Variables the operator sets itself; extra env may not override them (the pod would lie).
@@ -281,7 +291,7 @@ def validate(spec: AgentSpec) -> list[str]:
     if spec.session.url is not None and spec.session.url_secret_ref is not None:
         problems.append("spec.session: set url or urlSecretRef, not both")
     if spec.session.url is not None and not _SESSION_URL_RE.match(spec.session.url):
-        problems.append("spec.session.url must start with redis://, rediss:// or memory://")
+        problems.append(f"spec.{SESSION_URL_MESSAGE}")
     if _is_zero(spec.rollout.max_surge) and _is_zero(spec.rollout.max_unavailable):
         problems.append("spec.rollout: maxSurge and maxUnavailable cannot both be 0")
     pdb = spec.disruption_budget

@@ -11,6 +11,7 @@ import yaml
 from agent_operator.spec import (
     IMAGE_PATTERN,
     SERVICE_BOUNDS,
+    SESSION_URL_PATTERN,
     AgentSpec,
     _bounded_values,
     parse_spec,
@@ -104,6 +105,9 @@ def test_invalid_image_references_are_rejected(image):
             "not both",
         ),
         ({"session": {"url": "http://r"}}, "session.url"),
+        ({"session": {"url": "redis://cache:6379x/0"}}, "a port from 1 to 65535"),
+        ({"session": {"url": "redis://cache:99999/0"}}, "a port from 1 to 65535"),
+        ({"session": {"url": "redis://u:pa/ss@cache/0"}}, "percent-encode"),
         ({"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}}, "cannot both be 0"),
         ({"disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
         ({"env": [{"name": "AGENT_PORT", "value": "1"}]}, "may not set AGENT_PORT"),
@@ -158,3 +162,11 @@ def test_an_openai_model_with_a_key_and_equal_timeouts_is_valid():
         }
     )
     assert validate(spec) == []
+
+
+def test_the_crd_session_url_rule_uses_the_same_pattern_as_the_operator():
+    session = _crd_spec_schema()["properties"]["session"]["properties"]["url"]
+    rule = session["x-kubernetes-validations"][0]["rule"]
+    cel_literal = re.fullmatch(r"self\.matches\('(.*)'\)", rule)
+    assert cel_literal is not None
+    assert cel_literal.group(1).replace("\\\\", "\\") == SESSION_URL_PATTERN
