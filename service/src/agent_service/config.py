@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     shutdown_timeout_s: PositiveSeconds = 25.0
     max_body_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
     max_message_chars: int = Field(8000, ge=1, le=1_000_000)
+    # Bounds of what a client sends before the app sees a request (see agent_service.protocol).
+    max_header_bytes: int = Field(16_384, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(100, ge=10, le=10_000)
+    header_timeout_s: PositiveSeconds = 10.0
+    body_timeout_s: PositiveSeconds = 30.0
 
     @field_validator("log_level", mode="before")
     @classmethod

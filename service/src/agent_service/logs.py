@@ -52,6 +52,22 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
+class ShutdownBudgetIsAWarning(logging.Filter):
+    """uvicorn logs the end of its graceful-shutdown budget as an error; here it is expected.
+
+    The requests it cancels are answered 503 `shutting-down` and logged as warnings by the
+    request shell, so the line that announces them is a warning too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("Cancel %s running"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_SHUTDOWN_FILTER = ShutdownBudgetIsAWarning()
+
+
 def configure_logging(level: str, fmt: LogFormat) -> None:
     """Route every logger (ours, uvicorn's) to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -67,5 +83,6 @@ def configure_logging(level: str, fmt: LogFormat) -> None:
         uv_logger.setLevel(logging.NOTSET)
         uv_logger.propagate = True
         uv_logger.disabled = False
+    logging.getLogger("uvicorn.error").addFilter(_SHUTDOWN_FILTER)  # a set: added once
     # Our request log replaces uvicorn's access log.
     logging.getLogger("uvicorn.access").disabled = True

@@ -20,6 +20,7 @@ from agent_service.app import create_app
 from agent_service.config import Settings
 from agent_service.logs import configure_logging
 from agent_service.metrics import MULTIPROC_DIR_ENV
+from agent_service.protocol import BoundedHttpToolsProtocol, HttpLimits, ServerConfig
 
 GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
@@ -65,7 +66,7 @@ def settle_gc() -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM has drained the app (see `lifecycle.drain_on_sigterm`) or SIGINT."""
-    config = uvicorn.Config(
+    config = ServerConfig(
         # A factory bound to the settings: each worker process builds its own app from it.
         functools.partial(build_app, settings),
         factory=True,
@@ -73,7 +74,13 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
+        http_limits=HttpLimits(
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+        ),
         lifespan="on",
         log_config=None,
         access_log=False,
