@@ -68,3 +68,16 @@ def test_uvicorn_loggers_follow_the_root_level_whatever_set_them_before(
     logging.getLogger("uvicorn.error").info("Application startup complete.")
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(x)["msg"] for x in lines] == ["Application startup complete."]
+
+
+def test_uvicorns_end_of_shutdown_budget_line_is_a_warning_not_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The cancelled requests are answered 503 shutting-down; the line announcing it is expected.
+    configure_logging("info", LogFormat.JSON)
+    logging.getLogger("uvicorn.error").error(
+        "Cancel %s running task(s), timeout graceful shutdown exceeded", 1
+    )
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application")
+    levels = [json.loads(x)["level"] for x in capsys.readouterr().err.splitlines()]
+    assert levels == ["warning", "error"]
