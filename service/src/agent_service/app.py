@@ -13,12 +13,12 @@ from agent_service import __version__
 from agent_service.agent import Agent
 from agent_service.config import Settings
 from agent_service.errors import install_error_handlers
-from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up
+from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up, watch_store
 from agent_service.metrics import Metrics
 from agent_service.middleware import ShellMiddleware
 from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
-from agent_service.store import SessionStore, open_store
+from agent_service.store import SessionStore, StoreHealth, open_store
 from agent_service.tools import BUILTIN_TOOLS
 
 
@@ -39,11 +39,23 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[AppState]:
-        store = open_store(settings.session_url.get_secret_value(), settings.session_ttl_s)
+        health = StoreHealth(on_change=lambda up: metrics.store_up.set(1 if up else 0))
+        store = open_store(
+            settings.session_url.get_secret_value(),
+            settings.session_ttl_s,
+            max_messages=settings.max_history_messages,
+            timeout_s=settings.store_timeout_s,
+            health=health,
+        )
         model = open_model(settings)
         agent = Agent(model, BUILTIN_TOOLS, settings.max_steps, settings.model_timeout_s, metrics)
-        # Warm up in the background so /healthz answers from the first moment.
-        warming = asyncio.create_task(warm_up(store, lifecycle))
+        async def check_store() -> None:
+            await warm_up(store, lifecycle)
+            await watch_store(store)
+
+        # Warm up in the background so /healthz answers from the first moment; then keep the
+        # store's health current for /readyz and the gauge.
+        warming = asyncio.create_task(check_store())
         uninstall_drain = drain_on_sigterm(lifecycle, settings.drain_delay_s)
         try:
             yield AppState(

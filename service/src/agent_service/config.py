@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     session_url_file: Path | None = None
     session_ttl_s: int = Field(86_400, ge=60, le=90 * 86_400)
     context_messages: int = Field(40, ge=2, le=1000)
+    # A turn stores two messages; older ones are trimmed in the same atomic write.
+    max_history_messages: int = Field(1000, ge=2, le=100_000, multiple_of=2)
+    # Bound of one store call (and so of a session read); within a turn, the turn's remaining
+    # AGENT_REQUEST_TIMEOUT_S caps it too.
+    store_timeout_s: float = Field(1.0, gt=0, le=30)
+    readiness_store: Literal["warmup", "always"] = "warmup"
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -160,6 +166,12 @@ class Settings(BaseSettings):
             problems.append(
                 f"{env_name('model_timeout_s')}: must not exceed {env_name('request_timeout_s')} "
                 f"({self.model_timeout_s} > {self.request_timeout_s})"
+            )
+        if self.context_messages > self.max_history_messages:
+            problems.append(
+                f"{env_name('context_messages')}: must not exceed "
+                f"{env_name('max_history_messages')} "
+                f"({self.context_messages} > {self.max_history_messages})"
             )
         if problems:
             raise ValueError("; ".join(problems))

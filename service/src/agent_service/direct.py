@@ -15,16 +15,18 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_service.errors import ApiError, api_error_response
-from agent_service.routes.chat import begin_turn, chat
+from agent_service.routes.chat import REPLAYED_HEADER, begin_turn, chat
 from agent_service.schemas import ChatRequest
 
 Handler = Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]
 
 _JSON = b"application/json"
 _HEALTHZ = b'{"status":"ok"}'
+_REPLAYED = REPLAYED_HEADER.lower().encode()
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ async def serve_chat(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -
         return
     request = Request(scope, receive)
     state = scope["state"]
+    response = Response()
     try:
         turn = await begin_turn(
             payload,
@@ -63,12 +66,14 @@ async def serve_chat(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -
             state["agent"],
             state["lifecycle"],
             state["metrics"],
+            _header(scope, b"idempotency-key"),
         )
-        answer = await chat(turn, request)
+        answer = await chat(turn, request, response)
     except ApiError as err:
         await api_error_response(err)(scope, receive, send)
         return
-    await _send_json(send, 200, answer.model_dump_json(by_alias=True).encode())
+    extra = [(k, v) for k, v in response.raw_headers if k == _REPLAYED]
+    await _send_json(send, 200, answer.model_dump_json(by_alias=True).encode(), extra)
 
 
 async def serve_healthz(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
@@ -81,6 +86,12 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/v1/chat"): serve_chat,
     ("GET", "/healthz"): serve_healthz,
 }
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value as FastAPI's `Header()` gives it (latin-1), or None."""
+    value = next((v for k, v in scope["headers"] if k == name), None)
+    return None if value is None else bytes(value).decode("latin-1")
 
 
 def _parse(scope: Scope, body: bytes) -> ChatRequest | None:
@@ -121,7 +132,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", _JSON)]
+    headers.extend(extra or ())
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

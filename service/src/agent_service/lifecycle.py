@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 _WARMUP_FIRST_DELAY_S = 0.1
 _WARMUP_MAX_DELAY_S = 2.0
 PING_TIMEOUT_S = 1.0
+WATCH_INTERVAL_S = 1.0
 
 
 class Phase(StrEnum):
@@ -65,6 +67,18 @@ async def warm_up(store: SessionStore, lifecycle: Lifecycle) -> None:
             continue
         lifecycle.mark_ready()
         log.info("ready", extra={"attempts": attempt})
+
+
+async def watch_store(store: SessionStore, interval_s: float = WATCH_INTERVAL_S) -> None:
+    """Ping the store now and then, so its health (readiness body, gauge) stays current.
+
+    Requests update it too; this covers the quiet times, e.g. noticing that the store is back.
+    Each ping is bounded by the store's own call timeout.
+    """
+    while True:
+        with contextlib.suppress(StoreUnavailable):
+            await store.ping()
+        await asyncio.sleep(interval_s)
 
 
 def drain_on_sigterm(lifecycle: Lifecycle, delay_s: float) -> Callable[[], None]:

@@ -60,6 +60,18 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.store_up = Gauge(
+            "agent_store_up",
+            "1 while the session store answers, 0 while it does not (min over workers).",
+            multiprocess_mode="livemin",
+            registry=self.registry,
+        )
+        self.turns = Counter(
+            "agent_turns",
+            "Chat turns by mode (whole, stream) and outcome (ok, replayed, or an error reason).",
+            ["mode", "outcome"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (of every worker)."""

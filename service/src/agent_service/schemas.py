@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+# Visible ASCII, as an HTTP header value without spaces: a UUID, a hash, a client's own id.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
+HISTORY_PAGE_DEFAULT = 100
+HISTORY_PAGE_MAX = 1000
 
 
 class ChatRequest(BaseModel):
@@ -45,6 +49,7 @@ class MessageOut(BaseModel):
     content: str
     ts: float
     steps: int | None = None
+    seq: int = Field(description="Position in the session, from 0; trimmed ones are not reused.")
 
 
 class SessionOut(BaseModel):
@@ -52,6 +57,9 @@ class SessionOut(BaseModel):
 
     session_id: str
     messages: list[MessageOut]
+    next_before: int | None = Field(
+        None, description="Pass as `before` for the previous (older) page; absent on the first."
+    )
 
 
 class Health(BaseModel):
@@ -59,3 +67,6 @@ class Health(BaseModel):
 
     status: Literal["ok", "ready", "not-ready"]
     reason: Literal["starting", "draining", "store-unavailable"] | None = None
+    store: Literal["up", "down"] | None = Field(
+        None, description="Readiness only: whether the session store answers."
+    )

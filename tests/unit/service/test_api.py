@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from agent_service import app as app_module
 from agent_service.lifecycle import Lifecycle
-from agent_service.store import MemoryStore, StoreUnavailable
+from agent_service.store import Context, MemoryStore, StoreUnavailable
 
 Client = Callable[..., TestClient]
 
@@ -26,7 +26,7 @@ def _error(response, status: int, reason: str) -> None:  # type: ignore[no-untyp
 
 def test_healthz_is_200_and_readyz_is_200_once_warm(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz").json() == {"status": "ready", "store": "up"}
 
 
 def test_a_chat_turn_mints_a_session_and_the_next_turn_continues_it(client: TestClient) -> None:
@@ -118,10 +118,10 @@ def test_an_unexpected_failure_is_a_500_without_a_trace(
     make_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class Broken(MemoryStore):
-        async def recent(self, session_id: str, limit: int) -> list[dict[str, object]]:
+        async def context(self, session_id: str, limit: int, turn_id: str | None) -> Context:
             raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(app_module, "open_store", lambda url, ttl: Broken(ttl))
+    monkeypatch.setattr(app_module, "open_store", lambda url, ttl, **_: Broken(ttl))
     response = make_client().post("/v1/chat", json={"message": "hi"})
     _error(response, 500, "internal")
     assert "secret internals" not in response.text
@@ -160,10 +160,14 @@ def test_readyz_and_chat_are_503_while_starting(
         async def ping(self) -> None:
             raise StoreUnavailable("ConnectionError")
 
-    monkeypatch.setattr(app_module, "open_store", lambda url, ttl: Unreachable(ttl))
+    monkeypatch.setattr(app_module, "open_store", lambda url, ttl, **_: Unreachable(ttl))
     client = make_client(wait_ready=False)
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").json() == {"status": "not-ready", "reason": "starting"}
+    assert client.get("/readyz").json() == {
+        "status": "not-ready",
+        "reason": "starting",
+        "store": "up",
+    }
     response = client.post("/v1/chat", json={"message": "hi"})
     _error(response, 503, "starting")
     assert response.headers["retry-after"] == "1"

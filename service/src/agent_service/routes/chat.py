@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import logging
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from agent_service.agent import Agent, ModelTimeout
@@ -19,10 +23,12 @@ from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.lifecycle import Phase
 from agent_service.metrics import Metrics
 from agent_service.providers import Message, ModelError
-from agent_service.schemas import ChatRequest, ChatResponse
+from agent_service.schemas import IDEMPOTENCY_KEY_PATTERN, ChatRequest, ChatResponse
 from agent_service.store import SessionStore
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (413, 422, 502, 503, 504)
@@ -35,29 +41,75 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 }
 
 
+# The values of `agent_turns_total{outcome}`: bounded, whatever a turn ends with.
+OUTCOMES = frozenset(
+    {
+        "ok",
+        "replayed",
+        "starting",
+        "message-too-long",
+        "invalid-idempotency-key",
+        "idempotency-key-reused",
+        "store-unavailable",
+        "model-unavailable",
+        "model-timeout",
+        "turn-timeout",
+        "client-gone",
+        "cancelled",
+        "internal",
+    }
+)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
 @dataclass(frozen=True)
 class Turn:
-    """A validated turn with its session's recent history loaded, and what it needs to finish."""
+    """A validated turn with its session's recent history loaded, and what it needs to finish.
+
+    `deadline` (event-loop time) bounds everything the turn does after it began, store calls
+    included; `replay` is the stored answer of an earlier turn with the same Idempotency-Key.
+    """
 
     session_id: str
     message: str
     history: list[Message]
-    timeout_s: float
+    deadline: float
+    turn_id: str
+    keyed: bool
+    replay: dict[str, Any] | None
+    mode: str
     agent: Agent
     store: SessionStore
     metrics: Metrics
 
-    async def save(self, reply: str, steps: int) -> None:
-        """Append the user's message and the reply in one atomic write."""
+    def count(self, outcome: str) -> None:
+        """Count the turn's outcome once it is known."""
+        self.metrics.turns.labels(self.mode, outcome if outcome in OUTCOMES else "internal").inc()
+
+    async def save(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Store the turn once; the answer to give: this one, or the one stored before."""
         now = time.time()
+        # Only a client's Idempotency-Key is ever looked up again; a minted turn id just
+        # makes a retried write a no-op.
+        record = json.dumps({"d": _digest(self.message), "a": answer}) if self.keyed else ""
         with store_unavailable_is_503(self.metrics, "write"):
-            await self.store.append(
+            prior = await self.store.append(
                 self.session_id,
+                self.turn_id,
+                record,
                 (
                     {"role": "user", "content": self.message, "ts": now},
-                    {"role": "assistant", "content": reply, "ts": now, "steps": steps},
+                    {
+                        "role": "assistant",
+                        "content": answer["reply"],
+                        "ts": now,
+                        "steps": answer["steps"],
+                    },
                 ),
             )
+        if prior:  # a concurrent turn with the same key was stored first: its answer counts
+            return dict(json.loads(prior)["a"])
+        return answer
 
 
 async def begin_turn(
@@ -68,21 +120,64 @@ async def begin_turn(
     agent: AgentDep,
     lifecycle: LifecycleDep,
     metrics: MetricsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Repeat a turn safely: a repeat (same session) gets the stored answer.",
+        ),
+    ] = None,
 ) -> Turn:
     """Refuse what cannot be served, then load the session's recent history."""
-    # Draining still serves: load balancers need the drain delay to stop sending traffic.
-    if lifecycle.phase is Phase.STARTING:
-        raise ApiError(503, "starting", "the service is starting", {"Retry-After": "1"})
-    if len(body.message) > settings.max_message_chars:
-        raise ApiError(
-            422, "message-too-long", f"message exceeds {settings.max_message_chars} characters"
-        )
-    session_id = body.session_id or secrets.token_urlsafe(16)
-    request.state.session_id = session_id
-    with store_unavailable_is_503(metrics, "read"):
-        history = await store.recent(session_id, settings.context_messages)
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
+    mode = "stream" if request.scope["path"].endswith("/stream") else "whole"
+    try:
+        # Draining still serves: load balancers need the drain delay to stop sending traffic.
+        if lifecycle.phase is Phase.STARTING:
+            raise ApiError(503, "starting", "the service is starting", {"Retry-After": "1"})
+        if len(body.message) > settings.max_message_chars:
+            raise ApiError(
+                422, "message-too-long", f"message exceeds {settings.max_message_chars} characters"
+            )
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise ApiError(
+                422,
+                "invalid-idempotency-key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        session_id = body.session_id or secrets.token_urlsafe(16)
+        request.state.session_id = session_id
+        turn_id = "k:" + idempotency_key if idempotency_key else "t:" + secrets.token_hex(8)
+        with store_unavailable_is_503(metrics, "read"), _turn_timeout():
+            async with asyncio.timeout_at(deadline):
+                context = await store.context(
+                    session_id, settings.context_messages, turn_id if idempotency_key else None
+                )
+        replay = None
+        if context.record:
+            stored = json.loads(context.record)
+            if stored["d"] != _digest(body.message):
+                raise ApiError(
+                    422,
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was used for another message in this session",
+                )
+            replay = dict(stored["a"])
+    except ApiError as err:
+        metrics.turns.labels(mode, err.reason if err.reason in OUTCOMES else "internal").inc()
+        raise
     return Turn(
-        session_id, body.message, history, settings.request_timeout_s, agent, store, metrics
+        session_id,
+        body.message,
+        context.history,
+        deadline,
+        turn_id,
+        idempotency_key is not None,
+        replay,
+        mode,
+        agent,
+        store,
+        metrics,
     )
 
 
@@ -90,24 +185,41 @@ TurnDep = Annotated[Turn, Depends(begin_turn)]
 
 
 @router.post("/chat", response_model=ChatResponse, responses=ERROR_RESPONSES)
-async def chat(turn: TurnDep, request: Request) -> ChatResponse:
-    """Run one agent turn and store both messages atomically."""
-    try:
-        async with asyncio.timeout(turn.timeout_s):
-            result = await turn.agent.run(turn.history, turn.message)
-    except (TimeoutError, ModelTimeout) as err:
-        raise _timeout_error(err) from None
-    except ModelError as err:
-        raise ApiError(502, "model-unavailable", str(err)) from None
-    await turn.save(result.reply, result.steps)
-    return ChatResponse(
-        session_id=turn.session_id,
-        reply=result.reply,
-        steps=result.steps,
-        stop_reason=result.stop_reason,
-        tool_calls=result.tool_calls,
-        request_id=request.state.request_id,
-    )
+async def chat(turn: TurnDep, request: Request, response: Response) -> ChatResponse:
+    """Run one agent turn and store both messages atomically, once."""
+    answer = turn.replay
+    if answer is not None:
+        turn.count("replayed")
+    else:
+        outcome = "internal"
+        try:
+            with _turn_timeout():
+                async with asyncio.timeout_at(turn.deadline):
+                    result = await turn.agent.run(turn.history, turn.message)
+                    own = {
+                        "session_id": turn.session_id,
+                        "reply": result.reply,
+                        "steps": result.steps,
+                        "stop_reason": result.stop_reason,
+                        "tool_calls": result.tool_calls,
+                    }
+                    answer = await turn.save(own)
+            outcome = "ok" if answer is own else "replayed"
+        except ApiError as err:
+            outcome = err.reason
+            raise
+        except ModelError as err:
+            outcome = "model-unavailable"
+            raise ApiError(502, "model-unavailable", str(err)) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            turn.count(outcome)
+        if outcome == "ok":
+            return ChatResponse(**answer, request_id=request.state.request_id)
+    response.headers[REPLAYED_HEADER] = "true"
+    return ChatResponse(**answer, request_id=request.state.request_id)
 
 
 @router.post(
@@ -119,37 +231,88 @@ async def chat(turn: TurnDep, request: Request) -> ChatResponse:
     },
 )
 async def chat_stream(turn: TurnDep) -> StreamingResponse:
-    """Run one turn, streaming tool calls and the reply as server-sent events."""
+    """Run one turn, streaming tool calls and the reply as server-sent events.
+
+    A turn whose client disconnects before its end is not stored.
+    """
 
     async def events() -> AsyncIterator[str]:
-        yield _sse("session", {"session_id": turn.session_id})
-        final: dict[str, Any] = {}
+        outcome = "client-gone"  # unless the turn gets further
         try:
-            async with asyncio.timeout(turn.timeout_s):
-                async for event in turn.agent.events(turn.history, turn.message):
-                    if event["type"] == "reply":
-                        final = event
-                    else:
-                        yield _sse(event.pop("type"), event)
-            await turn.save(final["content"], final["steps"])
-        except ApiError as err:
-            yield _sse("error", {"error": err.reason, "message": err.message})
-            return
-        except (TimeoutError, ModelTimeout) as err:
-            timeout = _timeout_error(err)
-            yield _sse("error", {"error": timeout.reason, "message": timeout.message})
-            return
-        except ModelError as err:
-            yield _sse("error", {"error": "model-unavailable", "message": str(err)})
-            return
-        final.pop("type")
-        yield _sse("reply", {"session_id": turn.session_id, **final})
+            yield _sse("session", {"session_id": turn.session_id})
+            if turn.replay is not None:
+                outcome = "replayed"
+                yield _sse("reply", _reply_event(turn.replay))
+                return
+            final: dict[str, Any] = {}
+            calls: list[dict[str, Any]] = []
+            try:
+                with _turn_timeout():
+                    async with asyncio.timeout_at(turn.deadline):
+                        async for event in turn.agent.events(turn.history, turn.message):
+                            if event["type"] == "reply":
+                                final = event
+                                continue
+                            if event["type"] == "tool_call":
+                                calls.append(
+                                    {"name": event["name"], "arguments": event["arguments"]}
+                                )
+                            elif event["type"] == "tool_result" and calls:
+                                calls[-1]["result"] = event["result"]
+                            yield _sse(event.pop("type"), event)
+                        own = {
+                            "session_id": turn.session_id,
+                            "reply": final["content"],
+                            "steps": final["steps"],
+                            "stop_reason": final["stop_reason"],
+                            "tool_calls": calls,
+                        }
+                        answer = await turn.save(own)
+            except ApiError as err:
+                outcome = err.reason
+                yield _sse("error", {"error": err.reason, "message": err.message})
+                return
+            except ModelError as err:
+                outcome = "model-unavailable"
+                yield _sse("error", {"error": "model-unavailable", "message": str(err)})
+                return
+            except Exception:
+                outcome = "internal"
+                log.exception("streamed turn failed")
+                yield _sse("error", {"error": "internal", "message": "internal error"})
+                return
+            outcome = "ok" if answer is own else "replayed"
+            yield _sse("reply", _reply_event(answer))
+        finally:
+            turn.count(outcome)
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@contextlib.contextmanager
+def _turn_timeout() -> Iterator[None]:
+    """A turn past its deadline (or a model call past its own) is a 504."""
+    try:
+        yield
+    except (TimeoutError, ModelTimeout) as err:
+        raise _timeout_error(err) from None
+
+
+def _reply_event(answer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "session_id": answer["session_id"],
+        "content": answer["reply"],
+        "steps": answer["steps"],
+        "stop_reason": answer["stop_reason"],
+    }
+
+
+def _digest(message: str) -> str:
+    return hashlib.sha256(message.encode()).hexdigest()[:32]
 
 
 def _timeout_error(err: Exception) -> ApiError:

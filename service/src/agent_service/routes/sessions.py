@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from agent_service.deps import MetricsDep, StoreDep
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
-from agent_service.schemas import SESSION_ID_PATTERN, SessionOut
+from agent_service.schemas import (
+    HISTORY_PAGE_DEFAULT,
+    HISTORY_PAGE_MAX,
+    SESSION_ID_PATTERN,
+    SessionOut,
+)
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -20,15 +25,31 @@ _ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorBody} for s in 
     "/{session_id}", response_model=SessionOut, response_model_exclude_none=True, responses=_ERRORS
 )
 async def get_session(
-    session_id: SessionPath, request: Request, store: StoreDep, metrics: MetricsDep
+    session_id: SessionPath,
+    request: Request,
+    store: StoreDep,
+    metrics: MetricsDep,
+    limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE_MAX)] = HISTORY_PAGE_DEFAULT,
+    before: Annotated[int | None, Query(ge=0)] = None,
 ) -> SessionOut:
-    """The stored history of a session, oldest first."""
+    """A page of the stored history, oldest first: the last `limit` messages before `before`.
+
+    Answers within AGENT_STORE_TIMEOUT_S (one store call), else 503 `store-unavailable`.
+    """
     request.state.session_id = session_id
     with store_unavailable_is_503(metrics, "read"):
-        messages = await store.history(session_id)
-    if messages is None:
+        page = await store.page(session_id, limit, before)
+    if page is None:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
-    return SessionOut.model_validate({"session_id": session_id, "messages": messages})
+    messages = [{**m, "seq": page.first + i} for i, m in enumerate(page.messages)]
+    older = page.first > page.oldest
+    return SessionOut.model_validate(
+        {
+            "session_id": session_id,
+            "messages": messages,
+            "next_before": page.first if older else None,
+        }
+    )
 
 
 @router.delete("/{session_id}", status_code=204, responses=_ERRORS)
