@@ -123,6 +123,14 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
             {"image": "a:1", "model": {"name": "openai:gpt-4o-mini"}},
             "modelApiKeySecretRef is required when model.name is openai:<model>",
         ),
+        (
+            {"image": "a:1", "session": {"url": "redis://cache:6379x/0"}},
+            "have a port from 1 to 65535 if any",
+        ),
+        (
+            {"image": "a:1", "session": {"url": "redis://cache:99999/0"}},
+            "have a port from 1 to 65535 if any",
+        ),
     ],
 )
 def test_invalid_objects_are_rejected_with_the_rules_message(
@@ -148,6 +156,24 @@ def test_invalid_objects_are_rejected_with_the_rules_message(
 def test_what_the_service_accepts_the_crd_accepts(installed: Cluster, namespace: str, spec):
     code, stderr = _dry_run(installed, namespace, spec)
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:e2e-Pw-51c@cache:6379/0",
+        "rediss://cache:6380/0?password=e2e-Pw-51c",
+        "redis://u:pa/e2e-Pw-51c@cache:6379/0",
+    ],
+    ids=["userinfo", "password-query", "unencoded-slash"],
+)
+def test_a_session_url_with_credentials_is_refused_without_echoing_them(
+    installed: Cluster, namespace: str, url: str
+):
+    code, stderr = _dry_run(installed, namespace, {"image": "a:1", "session": {"url": url}})
+    assert code != 0
+    assert "session.url must" in stderr, stderr
+    assert "e2e-Pw-51c" not in stderr
 
 
 def test_scaling_below_zero_through_the_scale_subresource_is_rejected(

@@ -37,6 +37,17 @@ SESSION_URL_MESSAGE = (
     "from 1 to 65535 if any, and percent-encode '/', '?' and '#' in a password"
 )
 _SESSION_URL_RE = re.compile(SESSION_URL_PATTERN)
+# A user name, password or token in spec.session.url would sit in the ConfigMap and the object,
+# readable by anyone who may read those: such a URL belongs in a Secret (urlSecretRef).
+SESSION_URL_CREDENTIALS_PATTERN = (
+    r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+    r"|[?&;][^=&;]*(?i:pass|pwd|secret|token|key|auth|sig|cred)[^=&;]*="
+)
+_SESSION_URL_CREDENTIALS_RE = re.compile(SESSION_URL_CREDENTIALS_PATTERN)
+SESSION_URL_CREDENTIALS_MESSAGE = (
+    "session.url must not carry a user name, password or token (it would be readable in the "
+    "ConfigMap): put the URL in a Secret and set session.urlSecretRef"
+)
 
 # Variables the operator sets itself; extra env may not override them (the pod would lie).
 RESERVED_ENV = (
@@ -292,6 +303,8 @@ def validate(spec: AgentSpec) -> list[str]:
         problems.append("spec.session: set url or urlSecretRef, not both")
     if spec.session.url is not None and not _SESSION_URL_RE.match(spec.session.url):
         problems.append(f"spec.{SESSION_URL_MESSAGE}")
+    if spec.session.url is not None and _SESSION_URL_CREDENTIALS_RE.search(spec.session.url):
+        problems.append(f"spec.{SESSION_URL_CREDENTIALS_MESSAGE}")
     if _is_zero(spec.rollout.max_surge) and _is_zero(spec.rollout.max_unavailable):
         problems.append("spec.rollout: maxSurge and maxUnavailable cannot both be 0")
     pdb = spec.disruption_budget

@@ -11,6 +11,7 @@ import yaml
 from agent_operator.spec import (
     IMAGE_PATTERN,
     SERVICE_BOUNDS,
+    SESSION_URL_CREDENTIALS_PATTERN,
     SESSION_URL_PATTERN,
     AgentSpec,
     _bounded_values,
@@ -108,6 +109,7 @@ def test_invalid_image_references_are_rejected(image):
         ({"session": {"url": "redis://cache:6379x/0"}}, "a port from 1 to 65535"),
         ({"session": {"url": "redis://cache:99999/0"}}, "a port from 1 to 65535"),
         ({"session": {"url": "redis://u:pa/ss@cache/0"}}, "percent-encode"),
+        ({"session": {"url": "redis://u:pw@cache/0"}}, "set session.urlSecretRef"),
         ({"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}}, "cannot both be 0"),
         ({"disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
         ({"env": [{"name": "AGENT_PORT", "value": "1"}]}, "may not set AGENT_PORT"),
@@ -164,9 +166,37 @@ def test_an_openai_model_with_a_key_and_equal_timeouts_is_valid():
     assert validate(spec) == []
 
 
-def test_the_crd_session_url_rule_uses_the_same_pattern_as_the_operator():
-    session = _crd_spec_schema()["properties"]["session"]["properties"]["url"]
-    rule = session["x-kubernetes-validations"][0]["rule"]
-    cel_literal = re.fullmatch(r"self\.matches\('(.*)'\)", rule)
-    assert cel_literal is not None
-    assert cel_literal.group(1).replace("\\\\", "\\") == SESSION_URL_PATTERN
+def test_the_crd_session_url_rules_use_the_same_patterns_as_the_operator():
+    session = _crd_spec_schema()["properties"]["session"]
+    patterns = []
+    for item in session["x-kubernetes-validations"]:
+        literal = re.fullmatch(
+            r"!has\(self\.url\) \|\| !?self\.url\.matches\('(.*)'\)", item["rule"]
+        )
+        if literal:
+            # CEL single-quoted strings unescape backslashes like Python's.
+            patterns.append(literal.group(1).replace("\\\\", "\\"))
+    assert patterns == [SESSION_URL_PATTERN, SESSION_URL_CREDENTIALS_PATTERN]
+    # On the object, so that the API server's error never echoes the URL's value.
+    assert "x-kubernetes-validations" not in session["properties"]["url"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@cache:6379/0",
+        "redis://default@cache/0",
+        "rediss://cache/0?password=pw",
+        "redis://cache/0?ssl_cert_reqs=none&Auth_Token=x",
+    ],
+)
+def test_a_session_url_with_credentials_must_come_from_a_secret(url):
+    problems = validate(parse_spec({"image": "agent:1", "session": {"url": url}}))
+    assert any("session.urlSecretRef" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "url", ["memory://", "redis://cache:6379/0", "rediss://cache/0?ssl_cert_reqs=none"]
+)
+def test_a_session_url_without_credentials_is_valid(url):
+    assert validate(parse_spec({"image": "agent:1", "session": {"url": url}})) == []
