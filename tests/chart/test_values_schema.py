@@ -34,7 +34,9 @@ BAD_VALUES = [
         id="unknown-model-scheme",
     ),
     pytest.param(
-        ["--set", "session.url=http://redis:6379"], "at '/session/url'", id="non-redis-session-url"
+        ["--set", "session.url=http://redis:6379"],
+        "session.url must be a redis:// or rediss:// URL",
+        id="non-redis-session-url",
     ),
     pytest.param(
         [
@@ -54,10 +56,14 @@ BAD_VALUES = [
         ["--set", "model.maxSteps=65"], "at '/model/maxSteps': maximum: got 65", id="max-steps"
     ),
     pytest.param(
-        ["--set", "session.url=redis://cache:6379x/0"], "at '/session/url'", id="port-typo"
+        ["--set", "session.url=redis://cache:6379x/0"],
+        "with a port from 1 to 65535 if any",
+        id="port-typo",
     ),
     pytest.param(
-        ["--set", "session.url=redis://cache:99999/0"], "at '/session/url'", id="port-range"
+        ["--set", "session.url=redis://cache:99999/0"],
+        "with a port from 1 to 65535 if any",
+        id="port-range",
     ),
     pytest.param(
         ["--set", "model.timeoutSeconds=60"],
@@ -117,3 +123,21 @@ def test_schema_closes_every_object_of_its_own() -> None:
 def test_values_the_service_accepts_render(helm: Path, args: list[str]) -> None:
     result = run_helm(helm, "template", "agent", str(CHART), *args, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:chart-Pw-9e1@cache:6379x/0",
+        "redis://u:pa/chart-Pw-9e1@cache:6379/0",
+        "http://:chart-Pw-9e1@cache:6379/0",
+    ],
+    ids=["port-typo", "unencoded-slash", "wrong-scheme"],
+)
+def test_a_bad_session_url_is_refused_without_printing_its_password(helm: Path, url: str) -> None:
+    result = run_helm(
+        helm, "template", "agent", str(CHART), "--set-string", f"session.url={url}", check=False
+    )
+    assert result.returncode != 0
+    assert "session.url must be a redis:// or rediss:// URL" in result.stderr, result.stderr
+    assert "chart-Pw-9e1" not in result.stdout + result.stderr
