@@ -79,7 +79,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            super().data_received(b"")  # uvicorn's upgrade handling (we serve no websockets)
+            # As uvicorn does; without a websocket library the request is served as plain HTTP.
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as err:
             if isinstance(err.__context__, _HeadersTooLarge) or isinstance(
