@@ -177,3 +177,27 @@ def test_a_turn_still_running_when_the_shutdown_budget_ends_gets_a_json_503(
     assert not [x for x in lines if x["level"] in ("error", "critical")], lines
     assert "Traceback" not in service.output()
     assert any(x["msg"] == "request cancelled: the shutdown budget ended" for x in lines)
+
+
+def test_a_stream_still_running_when_the_shutdown_budget_ends_ends_with_an_error_event(
+    start_service,
+) -> None:
+    service = start_service(
+        AGENT_ECHO_LATENCY_MS="200",
+        AGENT_MAX_STEPS="60",
+        AGENT_REQUEST_TIMEOUT_S="60",
+        AGENT_DRAIN_DELAY_S="0",
+        AGENT_SHUTDOWN_TIMEOUT_S="1",
+    )
+    service.wait_ready()
+    with httpx.stream(
+        "POST", service.url + "/v1/chat/stream", json={"message": "loop"}, timeout=READ_TIMEOUT_S
+    ) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "event: session"  # the turn is under way
+        os.kill(service.proc.pid, signal.SIGTERM)
+        events = [line for line in lines if line.startswith(("event: ", "data: "))]
+    assert events[-2:][0] == "event: error"
+    assert json.loads(events[-1].removeprefix("data: "))["error"] == "shutting-down"
+    assert service.wait_exit(timeout=30) == 0
+    assert "Traceback" not in service.output()
