@@ -65,3 +65,35 @@ def test_concurrent_turns_on_one_session_across_replicas_lose_no_message(
     # Each turn's pair is written atomically, so every question is followed by its answer.
     for question, answer in zip(history[::2], history[1::2], strict=True):
         assert answer["content"] == f"echo: {question['content']}"
+
+
+def test_one_idempotency_key_sent_to_both_replicas_at_once_stores_one_turn(
+    start_service, redis_server: Redis
+) -> None:
+    replicas = [start_service(AGENT_SESSION_URL=redis_server.url) for _ in range(2)]
+    for replica in replicas:
+        replica.wait_ready()
+    body = {"session_id": "retried", "message": "time"}
+
+    async def repeats() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post(
+                            replicas[i % 2].url + "/v1/chat",
+                            json=body,
+                            headers={"Idempotency-Key": "same-key"},
+                        )
+                        for i in range(20)
+                    )
+                )
+            )
+
+    responses = asyncio.run(repeats())
+    assert [r.status_code for r in responses] == [200] * 20
+    # Whichever replica stored first, every other answer is that stored one, marked replayed.
+    assert len({r.json()["reply"] for r in responses}) == 1
+    assert sum("idempotent-replayed" not in r.headers for r in responses) <= 1
+    history = httpx.get(f"{replicas[0].url}/v1/sessions/retried").json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"]

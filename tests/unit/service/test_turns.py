@@ -29,7 +29,7 @@ def test_a_repeated_idempotency_key_returns_the_stored_answer_and_stores_nothing
     if path == "fastapi":
         for key in list(direct.ROUTES):
             monkeypatch.delitem(direct.ROUTES, key)
-    body = {"session_id": "idem", "message": "time"}  # the clock tool: a rerun would differ
+    body = {"session_id": "idem", "message": "time"}
     first = client.post("/v1/chat", json=body, headers={"Idempotency-Key": "k-1"})
     again = client.post("/v1/chat", json=body, headers={"Idempotency-Key": "k-1"})
     assert first.status_code == again.status_code == 200
