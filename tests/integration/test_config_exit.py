@@ -84,6 +84,11 @@ def test_a_session_url_file_with_a_bad_scheme_is_named(tmp_path: Path) -> None:
 def test_a_url_the_client_would_misparse_exits_2_at_once_naming_it(
     tmp_path: Path, variable: str, value: str
 ) -> None:
+    # Interpreter start alone can take over a second on a loaded 2-core machine: compare with
+    # a plain bad value under the same load, so only the time past validation is measured.
+    started = time.monotonic()
+    run_service_once(tmp_path, AGENT_LOG_FORMAT="xml")
+    baseline = time.monotonic() - started
     started = time.monotonic()
     result = run_service_once(tmp_path, **{variable: value})
     elapsed = time.monotonic() - started
@@ -91,5 +96,5 @@ def test_a_url_the_client_would_misparse_exits_2_at_once_naming_it(
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stdout + result.stderr
-    # The process (interpreter start included) is gone at once, never after a connect attempt.
-    assert elapsed < 1.5, f"took {elapsed:.2f}s"
+    # Gone at once, never after a connect attempt: within a second of a plain bad value.
+    assert elapsed < baseline + 1.0, f"took {elapsed:.2f}s (a plain bad value: {baseline:.2f}s)"
