@@ -198,7 +198,11 @@ def haproxy(tmp_path: Path) -> Iterator:
 
 
 def _backend_states(stats_url: str) -> dict[str, str]:
-    rows = csv.DictReader(io.StringIO(httpx.get(stats_url).text.lstrip("# ")))
+    try:
+        text = httpx.get(stats_url).text
+    except httpx.ConnectError:  # HAProxy still starting
+        return {}
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return {r["svname"]: r["status"] for r in rows if r["pxname"] == "replicas"}
 
 
