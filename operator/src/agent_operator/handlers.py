@@ -155,6 +155,8 @@ def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
             )
         _write_status(body, outcome)
     except ApiException as exc:
+        if kube.namespace_gone(exc):
+            return  # its namespace is being deleted: nothing left to repair
         log.warning(
             "repairing %s/%s failed: %s; retrying in %ss",
             namespace,

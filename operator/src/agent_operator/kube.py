@@ -201,6 +201,14 @@ def owns_field(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
     return False
 
 
+def namespace_gone(exc: ApiException) -> bool:
+    """Whether a request failed because its namespace is being deleted or is gone."""
+    message = error_message(exc)
+    if exc.status == 403:
+        return "because it is being terminated" in message
+    return exc.status == 404 and message.startswith("namespaces ")
+
+
 def error_message(exc: ApiException) -> str:
     """The API server's message from an error response, else its reason."""
     try:
