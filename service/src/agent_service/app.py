@@ -49,6 +49,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         )
         model = open_model(settings)
         agent = Agent(model, BUILTIN_TOOLS, settings.max_steps, settings.model_timeout_s, metrics)
+
         async def check_store() -> None:
             await warm_up(store, lifecycle)
             await watch_store(store)
