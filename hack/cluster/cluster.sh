@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The local Kubernetes control plane for tests and demos: `kwokctl --runtime binary` running
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller (two fake
-# nodes), every binary built from its Go module by hack/tools/build.sh.
+# The local Kubernetes cluster for tests and demos: `kwokctl --runtime binary` running etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and the kwok controller (two fake nodes,
+# tainted), plus one real node (node.sh: containerd, kubelet, kube-proxy, CoreDNS, metrics-server)
+# on which the project's images really run. Every binary is built from its Go module by
+# hack/tools/build.sh; containerd, runc and the CNI plugins are Debian's.
 #
 # Usage: cluster.sh tools        build every pinned tool (a no-op when cached) and link bin/
 #        cluster.sh up           create or restart the cluster and wait until it is usable
 #        cluster.sh down         delete the cluster and make sure none of its processes survive
 #        cluster.sh kubeconfig   print the kubeconfig path (fails if there is no cluster)
 #        cluster.sh paths        print bin_dir=... and kubeconfig=... (for the pytest fixture)
+#        cluster.sh node ARGS    run node.sh for this cluster (host-state, load IMAGE)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +33,7 @@ tool_dir() { "$build" --dir "$1"; }
 link_tools() {
   mkdir -p "$bin_dir"
   local t d f
-  for t in kubernetes etcd kwok kind skaffold; do
+  for t in kubernetes etcd kwok coredns metrics-server kind skaffold; do
     d=$(tool_dir "$t")
     for f in "$d"/*; do
       [[ -x $f && ! -d $f ]] && ln -sfn "$f" "$bin_dir/$(basename "$f")"
@@ -56,6 +59,15 @@ kwokctl() { "$(tool_dir kwok)/kwokctl" --name "$CLUSTER_NAME" "$@" 8>&-; }
 
 kubectl() { "$(tool_dir kubernetes)/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
+node_sh() { CLUSTER_DIR=$cluster_dir "$here/node.sh" "$@"; }
+
+# The address of the interface of the default route: the real node's InternalIP.
+node_ip() {
+  local dev
+  dev=$(ip -o -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')
+  ip -o -4 addr show dev "$dev" | awk '{split($4, a, "/"); print a[1]; exit}'
+}
+
 # The static options plus the absolute paths of our builds: with every binary given, kwokctl
 # copies local files and never downloads anything.
 write_config() {
@@ -72,6 +84,36 @@ write_config() {
     echo "  kubectlBinary: $k8s/kubectl"
     echo "  etcdBinary: $etcd/etcd"
     echo "  kwokControllerBinary: $kwok/kwok"
+    # The real node: pods reach the API server at the node's address (the kubernetes Service's
+    # endpoint), and the API server reaches the kubelet with a client certificate the kubelet's
+    # webhook authentication accepts. Same CA and admin certificate kwokctl made for the rest.
+    local ip pki=$cluster_dir/pki
+    ip=$(node_ip)
+    cat <<EOF
+componentsPatches:
+  - name: kube-apiserver
+    extraArgs:
+      - {key: bind-address, value: 0.0.0.0, override: true}
+      - {key: advertise-address, value: "$ip"}
+      - {key: service-cluster-ip-range, value: 10.96.0.0/16}
+      - {key: kubelet-client-certificate, value: "$pki/admin.crt"}
+      - {key: kubelet-client-key, value: "$pki/admin.key"}
+      - {key: kubelet-preferred-address-types, value: InternalIP}
+      - {key: enable-aggregator-routing, value: "true"}
+      # Namespaces of kwok-tier tests place their pods on the (tainted) kwok nodes by annotation.
+      - {key: enable-admission-plugins, value: "PodNodeSelector,PodTolerationRestriction"}
+  - name: kube-controller-manager
+    extraArgs:
+      # Each controller with its own ServiceAccount: with the shared identity the Deployment
+      # controller's writes were forbidden on a real node.
+      - {key: use-service-account-credentials, value: "true"}
+      - {key: service-cluster-ip-range, value: 10.96.0.0/16}
+  - name: kwok-controller
+    extraArgs:
+      # Only the fake nodes: by default kwok also fakes the real node's pods (IPs, Ready).
+      - {key: manage-all-nodes, value: "false", override: true}
+      - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
+EOF
   } >"$config"
   echo "$config"
 }
@@ -102,7 +144,7 @@ pids_of_cluster() {
 }
 
 cmd_up() {
-  build_tools kubernetes etcd kwok
+  build_tools kubernetes etcd kwok coredns metrics-server
   local config
   config=$(write_config)
   if api_ready; then
@@ -121,7 +163,8 @@ cmd_up() {
     wait_for "the API server" api_ready
   fi
   kubectl apply -f "$here/nodes.yaml" >&2
-  wait_for "2 Ready nodes" kubectl wait --for=condition=Ready node --all --timeout=5s
+  node_sh up
+  wait_for "3 Ready nodes" kubectl wait --for=condition=Ready node --all --timeout=5s
   # Pods need the namespace's default ServiceAccount, made by kube-controller-manager.
   wait_for "the default ServiceAccount" kubectl get serviceaccount default -n default
   log "cluster $CLUSTER_NAME is up; KUBECONFIG=$kubeconfig"
@@ -131,6 +174,9 @@ cmd_down() {
   [[ -d $cluster_dir ]] || return 0
   local pids pid
   pids=$(pids_of_cluster)
+  # The node first, while the API server still answers; it puts the host back as it found it.
+  local node_ok=0
+  node_sh down || node_ok=$?
   kwokctl delete cluster >&2 || log "kwokctl delete failed; stopping processes directly"
   # kwokctl detaches the components; make sure none outlived the delete.
   for pid in $pids; do
@@ -141,11 +187,15 @@ cmd_down() {
     fi
   done
   rm -rf "$cluster_dir"
+  if ((node_ok != 0)); then
+    log "the real node's clean-up left the host changed (see above)"
+    return 1
+  fi
 }
 
 main() {
   case ${1:-} in
-  tools) build_tools kubernetes etcd kwok helm4 helm3 kind skaffold ;;
+  tools) build_tools kubernetes etcd kwok coredns metrics-server helm4 helm3 kind skaffold ;;
   up | down)
     # Two pytest sessions (or make and a session) must not create or delete at the same time.
     mkdir -p "$KWOK_WORKDIR"
@@ -160,9 +210,13 @@ main() {
     fi
     echo "$kubeconfig"
     ;;
+  node)
+    shift
+    node_sh "$@"
+    ;;
   paths) printf 'bin_dir=%s\nkubeconfig=%s\n' "$bin_dir" "$kubeconfig" ;;
   *)
-    sed -n '7,11p' "$0" >&2
+    sed -n '9,14p' "$0" >&2
     exit 2
     ;;
   esac

@@ -1,20 +1,22 @@
 # Local Kubernetes control plane (kwokctl --runtime binary) and the Go-built tools around it.
 # Binaries go to $(CACHE_DIR)/bin/<tool>-<version>/, pinned by the wrapper modules in hack/tools/.
 CLUSTER_SH := $(ROOT)/hack/cluster/cluster.sh
-CLUSTER_TOOLS := kubernetes etcd kwok helm4 helm3 kind skaffold
+CLUSTER_TOOLS := kubernetes etcd kwok coredns metrics-server helm4 helm3 kind skaffold
 export CACHE_DIR
+# The real node's runtime and network pieces: Debian's, pinned by the release (see docs/real-node.md).
+APT_PACKAGES += containerd runc containernetworking-plugins iptables nftables openssl
 
 .PHONY: cluster-tools cluster-up cluster-down kubeconfig $(addprefix tool-,$(CLUSTER_TOOLS))
 
 # Sequential on purpose: each go build already uses every core, and running two at once only
 # doubles the peak memory.
-cluster-tools: ## build kube-apiserver & co., etcd, kwok, helm v4/v3, kind, skaffold (cached)
+cluster-tools: ## build kube-apiserver & co., kubelet, kube-proxy, etcd, kwok, CoreDNS, metrics-server, helm v4/v3, kind, skaffold (cached)
 	@$(CLUSTER_SH) tools
 
 $(addprefix tool-,$(CLUSTER_TOOLS)): tool-%:
 	@$(ROOT)/hack/tools/build.sh $*
 
-cluster-up: ## start (or reuse) the local cluster: 2 kwok nodes, TLS, RBAC, PodSecurity
+cluster-up: apt-deps ## start (or reuse) the local cluster: a real node, 2 kwok nodes, TLS, RBAC, PodSecurity
 	@$(CLUSTER_SH) up
 
 cluster-down: ## delete the local cluster and stop all of its processes

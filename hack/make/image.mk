@@ -5,6 +5,7 @@ APT_PACKAGES += buildah debootstrap iproute2
 IMAGE_TAG ?= dev
 SERVICE_IMAGE ?= localhost/moorage/agent-service
 OPERATOR_IMAGE ?= localhost/moorage/agent-operator
+REDIS_IMAGE ?= localhost/moorage/redis:7-bookworm
 BASE_IMAGE_LOCAL ?= localhost/moorage/python-base:3.11-bookworm
 BUILDAH_DIR ?= $(CACHE_DIR)/buildah
 # vfs: no overlay mounts needed, so it works unprivileged-in-a-sandbox; chroot isolation likewise.
@@ -17,7 +18,7 @@ IMAGE_BUILD_FLAGS = --isolation chroot --format docker --layers --pull=never \
 , := ,
 export BUILDAH_FLAGS CACHE_DIR
 
-.PHONY: image image-base image-lint image-service image-operator
+.PHONY: image image-base image-lint image-service image-operator image-redis image-load
 
 image-base: apt-deps ## make the local Debian bookworm + Python 3.11 base image (debootstrap, cached)
 	$(ROOT)/hack/image/base.sh $(BASE_IMAGE_LOCAL) $(CACHE_DIR)/image
@@ -31,7 +32,16 @@ image-service: image-base
 image-operator: image-base
 	$(ROOT)/hack/image/build.sh operator $(OPERATOR_IMAGE):$(IMAGE_TAG) -- $(IMAGE_BUILD_FLAGS)
 
-image: image-lint image-service image-operator ## build the service and operator images with buildah
+# Debian's redis-server for the chart's development Redis on the real node (redis.image).
+image-redis: image-base
+	@if $(BUILDAH) inspect --type image $(REDIS_IMAGE) >/dev/null 2>&1; then echo "$(REDIS_IMAGE) present"; \
+	else $(BUILDAH) bud $(IMAGE_BUILD_FLAGS) -t $(REDIS_IMAGE) -f $(ROOT)/hack/image/redis.Containerfile $(ROOT)/hack/image; fi
+
+image-load: ## load the built images into the local cluster's real node (the e2e tier does it itself)
+	@for i in $(SERVICE_IMAGE):$(IMAGE_TAG) $(OPERATOR_IMAGE):$(IMAGE_TAG) $(REDIS_IMAGE); do \
+	  $(ROOT)/hack/cluster/cluster.sh node load $$i; done
+
+image: image-lint image-service image-operator image-redis ## build the service, operator and development Redis images with buildah
 	@# vfs keeps every intermediate image as a full copy: drop them (the input hash above, not
 	@# the layer cache, is what makes an unchanged rebuild free).
 	@$(BUILDAH) rmi --prune >/dev/null 2>&1 || true

@@ -1,7 +1,12 @@
-"""e2e tier: a real Kubernetes control plane (kwokctl, binary runtime) and the Go-built tools."""
+"""e2e tier: a real Kubernetes control plane (kwokctl, binary runtime), its real node and the tools.
+
+Two kinds of namespace: `namespace` places its pods on the kwok nodes (fake: nothing runs, for
+tests about objects and scale), `real_namespace` on the real node, where the project's images run.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -22,7 +27,32 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = ROOT / "hack" / "cluster" / "cluster.sh"
 # Set this to run the tier against an existing cluster instead of starting one.
 KUBECONFIG_ENV = "MOORAGE_E2E_KUBECONFIG"
-TOOLS = ("kubectl", "helm", "helm3", "kind", "skaffold", "kwokctl", "kube-apiserver", "etcd")
+TOOLS = (
+    "kubectl", "helm", "helm3", "kind", "skaffold", "kwokctl", "kube-apiserver", "etcd",
+    "kubelet", "kube-proxy", "coredns", "metrics-server",
+)  # fmt: skip
+# The kwok nodes' taint (hack/cluster/nodes.yaml) and the annotations that send a namespace's
+# pods there (the PodNodeSelector and PodTolerationRestriction admission plugins).
+KWOK_PLACEMENT = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [
+            {
+                "key": "kwok.x-k8s.io/node",
+                "operator": "Equal",
+                "value": "fake",
+                "effect": "NoSchedule",
+            }
+        ]
+    ),
+}
+REAL_PLACEMENT = {"scheduler.alpha.kubernetes.io/node-selector": "type=real"}
+_TAG = os.environ.get("IMAGE_TAG", "dev")
+NODE_IMAGES = (
+    f"{os.environ.get('SERVICE_IMAGE', 'localhost/moorage/agent-service')}:{_TAG}",
+    f"{os.environ.get('OPERATOR_IMAGE', 'localhost/moorage/agent-operator')}:{_TAG}",
+    os.environ.get("REDIS_IMAGE", "localhost/moorage/redis:7-bookworm"),
+)
 
 
 class KubectlError(subprocess.CalledProcessError):
@@ -133,6 +163,18 @@ def cluster() -> Iterator[Cluster]:
             subprocess.run([str(CLUSTER_SH), "up"], check=True, timeout=540)
             started = True
 
+    if not given:
+        # The real node cannot pull: the images `make image` built are imported into it.
+        for image in NODE_IMAGES:
+            loaded = subprocess.run(
+                [str(CLUSTER_SH), "node", "load", image],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=900,
+            )
+            require(loaded.returncode == 0, f"{image} loaded into the node: {loaded.stderr}")
+
     env = dict(os.environ)
     env["KUBECONFIG"] = str(kubeconfig)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -152,13 +194,14 @@ def cluster() -> Iterator[Cluster]:
             subprocess.run([str(CLUSTER_SH), "down"], check=True, timeout=300)
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace (name returned) whose default ServiceAccount exists; deleted afterwards."""
-    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40]
-    stem = stem.strip("-")
-    name = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl_run("create", "namespace", name)
+def create_namespace(cluster: Cluster, name: str, annotations: dict[str, str]) -> None:
+    """Create a namespace with these annotations and wait for its default ServiceAccount."""
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "annotations": annotations},
+    }
+    cluster.kubectl_run("create", "-f", "-", input=json.dumps(manifest))
     # Pods are refused until kube-controller-manager has made the namespace's ServiceAccount.
     cluster.kubectl_run(
         "wait",
@@ -168,7 +211,28 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
         name,
         "--timeout=60s",
     )
+
+
+def _namespace(
+    cluster: Cluster, request: pytest.FixtureRequest, annotations: dict[str, str]
+) -> Iterator[str]:
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40]
+    stem = stem.strip("-")
+    name = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+    create_namespace(cluster, name, annotations)
     try:
         yield name
     finally:
         cluster.kubectl_run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace whose pods go to the kwok nodes (fake); deleted afterwards."""
+    yield from _namespace(cluster, request, KWOK_PLACEMENT)
+
+
+@pytest.fixture
+def real_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace whose pods really run, on the real node; deleted afterwards."""
+    yield from _namespace(cluster, request, REAL_PLACEMENT)

@@ -8,7 +8,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import KWOK_PLACEMENT, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,12 @@ def test_readme_helm_section_runs_as_written(cluster: Cluster, tmp_path: Path) -
         for command in commands:
             argv = [namespace if word == "agents" else word for word in shlex.split(command)]
             if argv[:2] == ["helm", "install"]:
+                # The README's image and Redis are the user's (a registry, a Redis Service), so
+                # its pods go to the kwok nodes; test_real_node.py runs the chart for real.
+                cluster.kubectl_run(
+                    "annotate", "namespace", namespace,
+                    *(f"{key}={value}" for key, value in KWOK_PLACEMENT.items()),
+                )  # fmt: skip
                 # The namespace's default ServiceAccount must exist before pods are admitted.
                 subprocess.run(
                     ["kubectl", "wait", "--for=create", "serviceaccount/default", "-n",

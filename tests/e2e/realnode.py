@@ -1,0 +1,275 @@
+"""Helpers of the real-node tests: images in the node, helm, a Redis on the host, load, probes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import require
+from tests.e2e.conftest import CLUSTER_SH, ROOT, Cluster, wait_until
+
+CHART = ROOT / "charts" / "agent"
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "dev")
+SERVICE_REPO = os.environ.get("SERVICE_IMAGE", "localhost/moorage/agent-service")
+OPERATOR_REPO = os.environ.get("OPERATOR_IMAGE", "localhost/moorage/agent-operator")
+NODE_NAME = "moorage-node"
+
+
+def load_image(image: str) -> None:
+    """Import an image from buildah's storage into the real node (a no-op when already there)."""
+    result = subprocess.run(
+        [str(CLUSTER_SH), "node", "load", image],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    require(result.returncode == 0, f"{image} loadable into the node (make image): {result.stderr}")
+
+
+def node_ip(cluster: Cluster) -> str:
+    """The real node's InternalIP: this machine's own address on its default route."""
+    out = cluster.kubectl_run(
+        "get",
+        "node",
+        NODE_NAME,
+        "-o",
+        "jsonpath={.status.addresses[?(@.type=='InternalIP')].address}",
+    ).stdout
+    return out.strip()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class HostRedis:
+    """A redis-server on the node's address, reachable from pods; stopped by pid."""
+
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", self.host, "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(
+            self.answers, f"redis-server on {self.host}:{self.port}", timeout=20, interval=0.1
+        )
+
+    def answers(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def host_redis(cluster: Cluster) -> Iterator[HostRedis]:
+    require(shutil.which("redis-server") is not None, "redis-server (make apt-deps)")
+    ip = node_ip(cluster)
+    redis = HostRedis(ip, free_port(ip))
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(cluster.helm), *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def image_values(tag: str = IMAGE_TAG) -> list[str]:
+    """The chart values that run the locally built image (no registry: never pulled)."""
+    return [
+        "--set", f"image.repository={SERVICE_REPO}",
+        "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never",
+    ]  # fmt: skip
+
+
+def pods(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl_run("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def service_url(cluster: Cluster, namespace: str, name: str) -> str:
+    """http://<ClusterIP>:<port>: reached from the host through kube-proxy's rules."""
+    svc = json.loads(
+        cluster.kubectl_run("get", "service", name, "-n", namespace, "-o", "json").stdout
+    )
+    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def get_json(url: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def stream_turn(url: str, message: str, timeout: float = 60) -> list[str]:
+    """The event names of one streamed turn, read to its end."""
+    request = urllib.request.Request(
+        f"{url}/v1/chat/stream",
+        data=json.dumps({"message": message}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    events: list[str] = []
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+    return events
+
+
+@dataclass
+class Load:
+    """Client loops sending chat turns to a URL until stopped; every outcome is counted."""
+
+    url: str
+    loops: int = 3
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _run(self, index: int) -> None:
+        session: str | None = None
+        while not self._stop.is_set():
+            body: dict[str, Any] = {"message": f"loop {index} says hello"}
+            if session:
+                body["session_id"] = session
+            try:
+                status, answer = post_json(f"{self.url}/v1/chat", body, timeout=30)
+            except OSError as err:
+                with self._lock:
+                    self.failures.append(f"{type(err).__name__}: {err}")
+                continue
+            with self._lock:
+                if status == 200:
+                    self.ok += 1
+                    session = answer["session_id"]
+                else:
+                    self.failures.append(f"{status} {answer}")
+
+    def __enter__(self) -> Load:
+        for i in range(self.loops):
+            thread = threading.Thread(target=self._run, args=(i,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def count(self) -> int:
+        with self._lock:
+            return self.ok
+
+
+def probe_counts(cluster: Cluster, pod: str, probe: str) -> dict[str, float]:
+    """The kubelet's prober_probe_total for one pod's probe type, by result."""
+    text = cluster.kubectl_run(
+        "get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/metrics/probes"
+    ).stdout
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("prober_probe_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("pod") == pod and labels.get("probe_type") == probe:
+            counts[labels["result"]] = counts.get(labels["result"], 0) + float(
+                line.rsplit(" ", 1)[1]
+            )
+    return counts
+
+
+def wait_rollout(cluster: Cluster, namespace: str, deployment: str) -> None:
+    cluster.kubectl_run(
+        "rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=240s"
+    )
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+def container_pid(cluster: Cluster, pod: dict[str, Any]) -> int:
+    """The host pid of a pod's first container's main process (from containerd)."""
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    sock = Path(cluster.kubeconfig).parent / "node" / "containerd" / "containerd.sock"
+    out = subprocess.run(
+        ["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for line in out.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == container_id:
+            return int(pid)
+    raise AssertionError(f"no task {container_id} in containerd")
