@@ -111,6 +111,18 @@ def wait_until(
         time.sleep(interval)
 
 
+def load_image(image: str) -> None:
+    """Import an image from buildah's storage into the real node (a no-op when already there)."""
+    loaded = subprocess.run(
+        [str(CLUSTER_SH), "node", "load", image],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    require(loaded.returncode == 0, f"{image} loaded into the node (make image): {loaded.stderr}")
+
+
 def _paths() -> tuple[Path, Path]:
     """The shared bin dir and the kubeconfig path of the cluster that cluster.sh manages."""
     out = subprocess.run(
@@ -166,14 +178,7 @@ def cluster() -> Iterator[Cluster]:
     if not given:
         # The real node cannot pull: the images `make image` built are imported into it.
         for image in NODE_IMAGES:
-            loaded = subprocess.run(
-                [str(CLUSTER_SH), "node", "load", image],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=900,
-            )
-            require(loaded.returncode == 0, f"{image} loaded into the node: {loaded.stderr}")
+            load_image(image)
 
     env = dict(os.environ)
     env["KUBECONFIG"] = str(kubeconfig)

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,25 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import require
-from tests.e2e.conftest import CLUSTER_SH, ROOT, Cluster, wait_until
+from tests.e2e.conftest import ROOT, Cluster, wait_until
 
 CHART = ROOT / "charts" / "agent"
 IMAGE_TAG = os.environ.get("IMAGE_TAG", "dev")
 SERVICE_REPO = os.environ.get("SERVICE_IMAGE", "localhost/moorage/agent-service")
 OPERATOR_REPO = os.environ.get("OPERATOR_IMAGE", "localhost/moorage/agent-operator")
 NODE_NAME = "moorage-node"
-
-
-def load_image(image: str) -> None:
-    """Import an image from buildah's storage into the real node (a no-op when already there)."""
-    result = subprocess.run(
-        [str(CLUSTER_SH), "node", "load", image],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    require(result.returncode == 0, f"{image} loadable into the node (make image): {result.stderr}")
 
 
 def node_ip(cluster: Cluster) -> str:
@@ -251,10 +238,6 @@ def wait_rollout(cluster: Cluster, namespace: str, deployment: str) -> None:
     cluster.kubectl_run(
         "rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=240s"
     )
-
-
-def monotonic() -> float:
-    return time.monotonic()
 
 
 def container_pid(cluster: Cluster, pod: dict[str, Any]) -> int:

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.e2e.conftest import Cluster, wait_until
+from tests.e2e.conftest import Cluster, load_image, wait_until
 from tests.e2e.realnode import (
     CHART,
     IMAGE_TAG,
@@ -25,7 +25,6 @@ from tests.e2e.realnode import (
     helm,
     host_redis,
     image_values,
-    load_image,
     pods,
     post_json,
     probe_counts,
