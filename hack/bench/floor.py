@@ -1,8 +1,8 @@
 """The floor: the smallest ASGI app doing the Redis work of one chat turn, and nothing else.
 
 It reads the history (LRANGE of the last `--context` messages, decoded), waits the model's latency,
-then appends the user and assistant messages and refreshes the TTL in one MULTI/EXEC, exactly as
-the service's RedisStore does, with the same client library and client options. No validation,
+then stores the turn with the service's own idempotent append script (append, trim, turn record,
+TTL; agent_service.store), with the same client library and client options. No validation,
 metrics, logs, request ids or error mapping: what the service costs above this is the shell.
 It runs under the same uvicorn settings as `agent_service.server.serve`.
 """
@@ -21,7 +21,9 @@ import uvicorn
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-KEY_PREFIX = "moorage:session:"  # the service's key layout, so both leave the same data behind
+from agent_service.store import APPEND_SCRIPT, session_keys
+
+MAX_MESSAGES = 1000  # AGENT_MAX_HISTORY_MESSAGES' default; the service keeps half as many turn ids
 _JSON = [(b"content-type", b"application/json")]
 _COMPACT: dict[str, Any] = {"separators": (",", ":")}
 
@@ -35,6 +37,7 @@ class Floor:
         self.context = context
         self.latency_s = latency_s
         self.redis: aioredis.Redis | None = None
+        self.append: Any = None  # the registered append script, once connected
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -56,22 +59,19 @@ class Floor:
             more = message.get("more_body", False)
         request = json.loads(body)
         session_id = request.get("session_id") or secrets.token_urlsafe(16)
-        key = KEY_PREFIX + session_id
-        history = [json.loads(item) for item in await self.redis.lrange(key, -self.context, -1)]
+        keys = session_keys(session_id)
+        history = [json.loads(item) for item in await self.redis.lrange(keys[0], -self.context, -1)]
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         reply = f"echo: {request['message']}"
         now = time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(
-                key,
-                json.dumps({"role": "user", "content": request["message"], "ts": now}, **_COMPACT),
-                json.dumps(
-                    {"role": "assistant", "content": reply, "ts": now, "steps": 1}, **_COMPACT
-                ),
-            )
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
+        messages = [
+            json.dumps({"role": "user", "content": request["message"], "ts": now}, **_COMPACT),
+            json.dumps({"role": "assistant", "content": reply, "ts": now, "steps": 1}, **_COMPACT),
+        ]
+        turn_id = secrets.token_urlsafe(16)
+        args = [turn_id, "", self.ttl_s, MAX_MESSAGES, MAX_MESSAGES // 2, *messages]
+        await self.append(keys=keys, args=args)
         answer = {"session_id": session_id, "reply": reply, "steps": 1, "history": len(history)}
         await _respond(send, 200, json.dumps(answer).encode())
 
@@ -91,6 +91,7 @@ class Floor:
                     health_check_interval=15,
                     decode_responses=False,
                 )
+                self.append = self.redis.register_script(APPEND_SCRIPT)
                 await self.redis.ping()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

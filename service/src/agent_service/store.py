@@ -35,7 +35,7 @@ _T = TypeVar("_T")
 # KEYS: history list, sequence counter, turn records (hash), turn ids in order (list).
 # ARGV: turn id, record, ttl, max messages, max turns, messages...
 # Returns {1} when stored, {0, record} when the turn id was stored before (nothing written).
-_APPEND = """
+APPEND_SCRIPT = """
 local prior = redis.call('HGET', KEYS[3], ARGV[1])
 if prior then return {0, prior} end
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -138,7 +138,7 @@ class SessionStore(Protocol):
         """Release connections."""
 
 
-def _keys(session_id: str) -> list[str]:
+def session_keys(session_id: str) -> list[str]:
     # The hash tag puts every key of a session in the history list's cluster slot (CRC16 of a
     # key without braces is that of the whole key), so the scripts may touch them all.
     history = KEY_PREFIX + session_id
@@ -176,7 +176,7 @@ class RedisStore:
             health_check_interval=15,
             decode_responses=False,
         )
-        self._append = self._redis.register_script(_APPEND)
+        self._append = self._redis.register_script(APPEND_SCRIPT)
         self._page = self._redis.register_script(_PAGE)
         # redis-py's pool raises "Too many connections" once every connection is busy, which
         # turned a burst of 256 concurrent turns into a storm of 503s. A burst waits here for a
@@ -203,7 +203,7 @@ class RedisStore:
         await self._run(self._redis.ping)
 
     async def context(self, session_id: str, limit: int, turn_id: str | None) -> Context:
-        history_key, _, turns_key, _ = _keys(session_id)
+        history_key, _, turns_key, _ = session_keys(session_id)
         if turn_id is None:
             raw = await self._run(lambda: self._redis.lrange(history_key, -limit, -1))
             return Context([json.loads(item) for item in raw], None)
@@ -231,11 +231,11 @@ class RedisStore:
             self._max_turns,
             *encoded,
         ]
-        reply = await self._run(lambda: self._append(keys=_keys(session_id), args=args))
+        reply = await self._run(lambda: self._append(keys=session_keys(session_id), args=args))
         return None if reply[0] == 1 else bytes(reply[1]).decode()
 
     async def page(self, session_id: str, limit: int, before: int | None) -> Page | None:
-        keys = _keys(session_id)[:2]
+        keys = session_keys(session_id)[:2]
         args = [limit, -1 if before is None else before]
         reply = await self._run(lambda: self._page(keys=keys, args=args))
         if not reply:
@@ -243,7 +243,7 @@ class RedisStore:
         return Page(int(reply[0]), int(reply[1]), [json.loads(item) for item in reply[2:]])
 
     async def delete(self, session_id: str) -> bool:
-        keys = _keys(session_id)
+        keys = session_keys(session_id)
         return bool(await self._run(lambda: self._redis.delete(*keys)))
 
     async def aclose(self) -> None:
