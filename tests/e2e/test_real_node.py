@@ -39,6 +39,7 @@ SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 # A second tag of the same build: a new image reference, so the Deployment rolls.
 NEXT_TAG = f"{IMAGE_TAG}-next"
 SECRET = "sk-real-node-test-0d9f3b7c"
+REDIS_IMAGE = os.environ.get("REDIS_IMAGE", "localhost/moorage/redis:7-bookworm")
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +260,145 @@ def test_a_wedged_process_is_restarted_and_a_store_outage_restarts_nothing(
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         assert "Unhealthy" in reasons
         assert "Killing" in reasons
+
+
+def _agent_pods_ready_with(cluster: Cluster, namespace: str, image: str, count: int) -> bool:
+    live = [
+        p for p in pods(cluster, namespace, "app.kubernetes.io/name=agent")
+        if not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+    return len(live) == count and all(
+        ready(p)
+        and p["spec"]["containers"][0]["image"] == image
+        and p["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+        for p in live
+    )
+
+
+@pytest.fixture
+def in_cluster_operator(cluster: Cluster, node_images: None) -> Iterator[str]:
+    """The operator from its own image, in moorage-system, with its ServiceAccount and RBAC."""
+    from tests.e2e.conftest import ROOT
+
+    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "crds"))
+    cluster.kubectl_run(
+        "wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=moorage",
+        "--timeout=60s",
+    )  # fmt: skip
+    # The operator creates its peering object at start if missing, so a first apply can lose the
+    # race for it (AlreadyExists); the second apply adopts it.
+    if cluster.kubectl_run(
+        "apply", "-k", str(ROOT / "manifests" / "operator"), check=False
+    ).returncode:
+        cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "operator"))
+    ns = "moorage-system"
+    cluster.kubectl_run("scale", "deployment/moorage-operator", "-n", ns, "--replicas=1")
+    wait_rollout(cluster, ns, "moorage-operator")
+    try:
+        yield ns
+    finally:
+        # Later tests run their own operators on this machine; this one steps aside.
+        cluster.kubectl_run("scale", "deployment/moorage-operator", "-n", ns, "--replicas=0")
+
+
+def test_the_in_cluster_operator_runs_real_pods_and_reverts_a_rollout_undo(
+    cluster: Cluster, real_namespace: str, in_cluster_operator: str
+) -> None:
+    (operator,) = [
+        p for p in pods(cluster, in_cluster_operator, "app.kubernetes.io/name=moorage-operator")
+        if not p["metadata"].get("deletionTimestamp")
+    ]  # fmt: skip
+    assert operator["spec"]["nodeName"] == "moorage-node"
+    assert ready(operator)
+    assert operator["spec"]["serviceAccountName"] == "moorage-operator"
+    first, second = f"{SERVICE_REPO}:{IMAGE_TAG}", f"{SERVICE_REPO}:{NEXT_TAG}"
+    with host_redis(cluster) as redis:
+        resource = {
+            "apiVersion": "moorage.dev/v1alpha1",
+            "kind": "AgentDeployment",
+            "metadata": {"name": "agent", "namespace": real_namespace},
+            "spec": {"image": first, "replicas": 1, "model": {"name": "echo"},
+                     "session": {"url": redis.url}},
+        }  # fmt: skip
+        cluster.kubectl_run("apply", "-f", "-", input=json.dumps(resource))
+        wait_until(
+            lambda: _agent_pods_ready_with(cluster, real_namespace, first, 1),
+            "one real pod of the AgentDeployment",
+            timeout=120,
+        )
+        cluster.kubectl_run("scale", "agentdeployment/agent", "-n", real_namespace, "--replicas=2")
+        wait_until(
+            lambda: _agent_pods_ready_with(cluster, real_namespace, first, 2),
+            "two real pods after kubectl scale",
+            timeout=120,
+        )
+        for image in (second, first):  # an image change rolls out; reverting the spec rolls back
+            patch = json.dumps({"spec": {"image": image}})
+            cluster.kubectl_run(
+                "patch", "agentdeployment/agent", "-n", real_namespace, "--type=merge", "-p", patch
+            )
+            wait_until(
+                lambda i=image: _agent_pods_ready_with(cluster, real_namespace, i, 2),
+                f"two real pods of {image}",
+                timeout=180,
+            )
+        # A `kubectl rollout undo` goes back to the second image; the operator restores the spec's.
+        cluster.kubectl_run("rollout", "undo", "deployment/agent", "-n", real_namespace)
+
+        def undone_and_reverted() -> bool:
+            deployment = json.loads(
+                cluster.kubectl_run(
+                    "get", "deployment", "agent", "-n", real_namespace, "-o", "json"
+                ).stdout
+            )
+            # Revisions: first, second, first again, the undo's second, the operator's first.
+            revision = int(
+                deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+            )
+            return revision >= 5 and _agent_pods_ready_with(cluster, real_namespace, first, 2)
+
+        wait_until(undone_and_reverted, "the operator to revert the rollout undo", timeout=180)
+        events = cluster.kubectl_run(
+            "get", "events", "-n", real_namespace, "-o", "json",
+            "--field-selector", "involvedObject.kind=AgentDeployment",
+        ).stdout  # fmt: skip
+        assert "RollbackReverted" in {e["reason"] for e in json.loads(events)["items"]}
+        logs = cluster.kubectl_run(
+            "logs", "-n", in_cluster_operator, operator["metadata"]["name"]
+        ).stdout
+        assert real_namespace in logs
+        cluster.kubectl_run("delete", "agentdeployment/agent", "-n", real_namespace, "--wait=true")
+
+
+def test_a_conversation_survives_a_full_rollout_with_the_charts_own_redis(
+    cluster: Cluster, real_namespace: str, node_images: None
+) -> None:
+    _install(
+        cluster, real_namespace,
+        "--set", "replicaCount=2",
+        "--set", "redis.enabled=true",
+        "--set", f"redis.image={REDIS_IMAGE}",
+        "--set", "termination.drainDelaySeconds=2",
+    )  # fmt: skip
+    url = service_url(cluster, real_namespace, RELEASE)
+    status, first = post_json(f"{url}/v1/chat", {"message": "remember the word harbour"})
+    assert status == 200, first
+    session = first["session_id"]
+    before = {p["metadata"]["name"] for p in pods(cluster, real_namespace, SELECTOR)}
+    with Load(url, loops=2) as load:
+        cluster.kubectl_run("rollout", "restart", "deployment/agent", "-n", real_namespace)
+        wait_rollout(cluster, real_namespace, "agent")
+    assert load.failures == [], load.failures[:5]
+    after = {
+        p["metadata"]["name"]
+        for p in pods(cluster, real_namespace, "app.kubernetes.io/name=agent")
+        if not p["metadata"].get("deletionTimestamp")
+    }
+    assert not before & after  # every agent pod was replaced
+    status, answer = post_json(f"{url}/v1/chat", {"session_id": session, "message": "and now?"})
+    assert status == 200, answer
+    status, history = get_json(f"{url}/v1/sessions/{session}")
+    assert status == 200
+    contents = [m["content"] for m in history["messages"]]
+    assert contents[0] == "remember the word harbour"
+    assert contents[-2] == "and now?"
