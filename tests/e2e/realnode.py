@@ -175,6 +175,7 @@ class Load:
 
     url: str
     loops: int = 3
+    pause: float = 0.0  # seconds each loop waits between turns
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -199,6 +200,7 @@ class Load:
                     session = answer["session_id"]
                 else:
                     self.failures.append(f"{status} {answer}")
+            self._stop.wait(self.pause)
 
     def __enter__(self) -> Load:
         for i in range(self.loops):

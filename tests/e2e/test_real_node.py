@@ -11,6 +11,7 @@ import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -402,3 +403,49 @@ def test_a_conversation_survives_a_full_rollout_with_the_charts_own_redis(
     contents = [m["content"] for m in history["messages"]]
     assert contents[0] == "remember the word harbour"
     assert contents[-2] == "and now?"
+
+
+def test_the_cpu_hpa_scales_up_under_load_and_back_down_without_failing_a_request(
+    cluster: Cluster, real_namespace: str, node_images: None
+) -> None:
+    with host_redis(cluster) as redis:
+        _install(
+            cluster, real_namespace,
+            "--set", "autoscaling.enabled=true",
+            "--set", "autoscaling.minReplicas=1",
+            "--set", "autoscaling.maxReplicas=3",
+            "--set", "autoscaling.targetCPUUtilizationPercentage=30",
+            "--set", "autoscaling.scaleDownStabilizationSeconds=0",
+            "--set", f"session.url={redis.url}",
+            "--set", "termination.drainDelaySeconds=3",
+        )  # fmt: skip
+        url = service_url(cluster, real_namespace, RELEASE)
+
+        def hpa() -> dict[str, Any]:
+            raw = cluster.kubectl_run("get", "hpa", RELEASE, "-n", real_namespace, "-o", "json")
+            return dict(json.loads(raw.stdout))
+
+        def replicas() -> int:
+            return int(hpa().get("status", {}).get("desiredReplicas", 0))
+
+        # metrics-server reports the real pod's CPU (from the kubelet's cgroups).
+        wait_until(
+            lambda: hpa().get("status", {}).get("currentMetrics") is not None,
+            "the HPA to read CPU from metrics-server",
+            timeout=120,
+        )
+        with Load(url, loops=6) as load:
+            wait_until(lambda: replicas() >= 2, "the HPA to add a replica under load", timeout=240)
+            wait_rollout(cluster, real_namespace, RELEASE)
+        assert load.failures == [], load.failures[:5]
+        # Load gone (one slow client stays): back to one replica, and the drain drops nothing.
+        with Load(url, loops=1, pause=1.0) as light:
+            wait_until(lambda: replicas() == 1, "the HPA to scale back to 1", timeout=300)
+            wait_until(
+                lambda: len(pods(cluster, real_namespace, SELECTOR)) == 1,
+                "the removed pods to be gone",
+                timeout=120,
+            )
+        assert light.failures == [], light.failures[:5]
+        assert load.ok > 0
+        assert light.ok > 0
