@@ -71,6 +71,11 @@ def test_the_operator_sections_commands_install_and_scale_the_sample(
 ) -> None:
     (install_block,) = [b for b in BLOCKS if "kubectl apply -k" in b]
     out = _bash(cluster, install_block)
+    # "with the in-cluster operator scaled to 0": on the real node it runs, and two instances of
+    # the same priority both pause (kopf peering).
+    cluster.kubectl_run(
+        "scale", "deployment/moorage-operator", "-n", "moorage-system", "--replicas=0"
+    )
     # The `kubectl get agentdep` table.
     assert out.count("agent-sample") >= 1
     assert "IMAGE" in out
