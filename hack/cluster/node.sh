@@ -339,10 +339,14 @@ restore_host() {
 }
 
 cmd_down() {
-  local name
+  local name link links
+  # The pods' host-side veths: a pod network namespace can outlive its unmount for a while, and
+  # its veth pair with it, so they are deleted by name (deleting one end deletes the pair).
+  links=$(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' || true)
   # Every step runs even if one before it failed; the final comparison says what is left.
   for name in metrics-server coredns kube-proxy kubelet; do stop "$name" || true; done
   kill_containers || true
+  for link in $links; do ip link del "$link" 2>/dev/null || true; done
   stop containerd || true
   # A containerd whose pid file was lost (an interrupted run) is found by its own config path.
   pkill -9 -f "containerd --config $node/containerd/config.toml" 2>/dev/null || true

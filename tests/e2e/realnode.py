@@ -127,11 +127,21 @@ def ready(pod: dict[str, Any]) -> bool:
 
 
 def service_url(cluster: Cluster, namespace: str, name: str) -> str:
-    """http://<ClusterIP>:<port>: reached from the host through kube-proxy's rules."""
+    """http://<ClusterIP>:<port>, once it answers: reached from the host through kube-proxy's
+    rules, which follow the Service's endpoints a moment after the pods are Ready."""
     svc = json.loads(
         cluster.kubectl_run("get", "service", name, "-n", namespace, "-o", "json").stdout
     )
-    return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+    def answers() -> bool:
+        try:
+            return get_json(f"{url}/readyz", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(answers, f"{url} to answer through kube-proxy", timeout=60, interval=0.5)
+    return url
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:

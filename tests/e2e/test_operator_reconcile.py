@@ -49,7 +49,12 @@ def install_operator_manifests(cluster: Cluster) -> None:
         "app.kubernetes.io/part-of=moorage",
         "--timeout=60s",
     )
-    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "operator"))
+    # The operator creates its peering object at start if it is missing; on the real node it
+    # really starts, and can win the race for that object against this apply (AlreadyExists).
+    # The second apply adopts it.
+    manifests = str(ROOT / "manifests" / "operator")
+    if cluster.kubectl_run("apply", "-k", manifests, check=False).returncode:
+        cluster.kubectl_run("apply", "-k", manifests)
     # The Deployment in the kustomization is the in-cluster operator; on kwok its pod is fake,
     # and the real one runs below as a local process. Keep the fake out of the way.
     cluster.kubectl_run("scale", "-n", OPERATOR_NS, "deployment/moorage-operator", "--replicas=0")
