@@ -198,3 +198,40 @@ def no_secret_in_any_output() -> Iterator[None]:
     yield
     leaks = [p for p in _OUTPUTS if p.exists() and SECRET in p.read_text(errors="replace")]
     assert not leaks, f"the secret leaked into: {leaks}"
+
+
+def haproxy_config(
+    port: int, backends: list[int], *, stats_port: int | None = None, redispatch: bool = False
+) -> str:
+    """HAProxy in front of service replicas, checking /readyz every 200 ms (fall 1, rise 2).
+
+    `redispatch` retries a failed connection on another replica; `stats_port` serves /stats.
+    """
+    servers = "\n".join(f"    server r{i} 127.0.0.1:{p} check" for i, p in enumerate(backends))
+    retry = "    retries 2\n    option redispatch\n" if redispatch else ""
+    stats = (
+        f"listen stats\n    bind 127.0.0.1:{stats_port}\n    stats enable\n    stats uri /stats\n\n"
+        if stats_port
+        else ""
+    )
+    return f"""
+global
+    maxconn 512
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+{retry}
+frontend agents
+    bind 127.0.0.1:{port}
+    default_backend replicas
+
+{stats}backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 2
+{servers}
+"""

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, require_binary
-from tests.integration.conftest import Redis, wait_until
+from tests.integration.conftest import Redis, haproxy_config, wait_until
 
 LOAD_SECONDS = 8.0
 LOAD_CLIENTS = 4
@@ -23,33 +23,6 @@ def haproxy_binary() -> str:
     return require_binary("haproxy")
 
 
-def _haproxy_config(port: int, backends: list[int]) -> str:
-    servers = "\n".join(f"    server r{i} 127.0.0.1:{p} check" for i, p in enumerate(backends))
-    return f"""
-global
-    maxconn 512
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 2
-    option redispatch
-
-frontend agents
-    bind 127.0.0.1:{port}
-    default_backend replicas
-
-backend replicas
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 200ms fall 1 rise 2
-{servers}
-"""
-
-
 @pytest.fixture
 def haproxy(haproxy_binary: str, tmp_path: Path) -> Iterator:
     procs: list[subprocess.Popen[bytes]] = []
@@ -57,7 +30,7 @@ def haproxy(haproxy_binary: str, tmp_path: Path) -> Iterator:
     def start(backends: list[int]) -> str:
         port = free_port()
         config = tmp_path / "haproxy.cfg"
-        config.write_text(_haproxy_config(port, backends))
+        config.write_text(haproxy_config(port, backends, redispatch=True))
         procs.append(
             subprocess.Popen(
                 [haproxy_binary, "-f", str(config), "-db"],

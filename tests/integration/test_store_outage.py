@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, require_binary
-from tests.integration.conftest import Redis, wait_until
+from tests.integration.conftest import Redis, haproxy_config, wait_until
 
 REQUEST_TIMEOUT_S = 3.0
 # AGENT_STORE_TIMEOUT_S (1 s) plus generous room for a loaded CI machine.
@@ -143,36 +143,6 @@ def test_a_streamed_turn_whose_client_disconnects_is_not_stored(
     assert httpx.get(service.url + "/v1/sessions/gone").status_code == 404
 
 
-def _haproxy_config(port: int, stats_port: int, backends: list[int]) -> str:
-    servers = "\n".join(f"    server r{i} 127.0.0.1:{p} check" for i, p in enumerate(backends))
-    return f"""
-global
-    maxconn 512
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-
-frontend agents
-    bind 127.0.0.1:{port}
-    default_backend replicas
-
-listen stats
-    bind 127.0.0.1:{stats_port}
-    stats enable
-    stats uri /stats
-
-backend replicas
-    balance roundrobin
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server inter 200ms fall 1 rise 2
-{servers}
-"""
-
-
 @pytest.fixture
 def haproxy(tmp_path: Path) -> Iterator:
     binary = require_binary("haproxy")
@@ -181,7 +151,7 @@ def haproxy(tmp_path: Path) -> Iterator:
     def start(backends: list[int]) -> tuple[str, str]:
         port, stats_port = free_port(), free_port()
         config = tmp_path / "haproxy.cfg"
-        config.write_text(_haproxy_config(port, stats_port, backends))
+        config.write_text(haproxy_config(port, backends, stats_port=stats_port))
         procs.append(
             subprocess.Popen(
                 [binary, "-f", str(config), "-db"],
