@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, require_binary
+from tests.integration.fake_openai import FakeOpenAI
 
 SECRET = "sk-moorage-test-7f3a9c1e5b"  # the value that must never appear in any output
 PYTHON = sys.executable
@@ -145,6 +146,15 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[Redis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeOpenAI]:
+    """The fake OpenAI-compatible API on a free port (see `fake_openai`)."""
+    fake = FakeOpenAI(free_port())
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture

@@ -5,24 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from agent_service.providers import ModelError, ModelTimeout, OpenAIModel, RetryPolicy
-from tests.conftest import free_port
 from tests.integration.conftest import SECRET
 from tests.integration.fake_openai import FakeOpenAI, Step, completion, tool_call
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(free_port())
-    fake.start()
-    yield fake
-    fake.stop()
 
 
 def _start(start_service, fake: FakeOpenAI, tmp_path: Path, **overrides: str):  # type: ignore[no-untyped-def]

@@ -7,14 +7,17 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import Span, SpanKind, StatusCode
+
+from agent_service import tracing
 from agent_service.metrics import Metrics
-from agent_service.providers import ChatModel, Message, ModelError, ModelTimeout
+from agent_service.providers import ChatModel, Message, ModelError, ModelReply, ModelTimeout, Usage
 from agent_service.tools import Tool
 
-__all__ = ["Agent", "ModelTimeout", "TurnResult"]
+__all__ = ["Agent", "ModelTimeout", "TurnResult", "TurnUsage"]
 
 SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help."
 
@@ -27,6 +30,15 @@ class TurnResult:
     steps: int
     stop_reason: str
     tool_calls: list[dict[str, Any]]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class TurnUsage:
+    """What a turn's model calls have used so far: known even when the turn fails midway."""
+
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
 
 
 class Agent:
@@ -39,8 +51,10 @@ class Agent:
         max_steps: int,
         model_timeout_s: float,
         metrics: Metrics,
+        model_name: str = "",
     ) -> None:
         self._model = model
+        self.model_name = model_name or model.provider
         self._tools = tools
         self._specs = [tool.spec() for tool in tools.values()]
         self._max_steps = max_steps
@@ -48,14 +62,33 @@ class Agent:
         self._metrics = metrics
 
     async def events(
-        self, history: Sequence[Message], text: str
+        self,
+        history: Sequence[Message],
+        text: str,
+        *,
+        stream: bool = False,
+        used: TurnUsage | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Run a turn, yielding each tool call, tool result and finally the reply."""
+        """Run a turn, yielding each tool call, tool result and finally the reply.
+
+        With `stream`, the model's text also arrives as `delta` events while it is produced.
+        `used` accumulates the turn's token usage as each model call ends.
+        """
+        used = used if used is not None else TurnUsage()
+        used.model = self.model_name
         messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
         messages.extend({"role": m["role"], "content": m["content"]} for m in history)
         messages.append({"role": "user", "content": text})
         for step in range(1, self._max_steps + 1):
-            reply = await self._call_model(messages)
+            reply: ModelReply | None = None
+            async with contextlib.aclosing(self._call_model(messages, stream)) as parts:
+                async for part in parts:
+                    if isinstance(part, str):
+                        yield {"type": "delta", "step": step, "content": part}
+                    else:
+                        reply = part
+            assert reply is not None  # a model call ends with its reply or raises
+            used.usage += reply.usage
             if not reply.tool_calls:
                 self._metrics.turn_steps.observe(step)
                 yield {
@@ -63,6 +96,7 @@ class Agent:
                     "content": reply.content,
                     "steps": step,
                     "stop_reason": "complete",
+                    "usage": used.usage,
                 }
                 return
             messages.append(
@@ -86,8 +120,7 @@ class Agent:
                     "name": call.name,
                     "arguments": call.arguments,
                 }
-                tool = self._tools.get(call.name)
-                result = tool.call(call.arguments) if tool else f"error: unknown tool {call.name!r}"
+                result = self._call_tool(call.id, call.name, call.arguments)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
                 yield {"type": "tool_result", "step": step, "name": call.name, "result": result}
         self._metrics.turn_steps.observe(self._max_steps)
@@ -96,43 +129,121 @@ class Agent:
             "content": f"Stopped after {self._max_steps} steps without a final answer.",
             "steps": self._max_steps,
             "stop_reason": "max_steps",
+            "usage": used.usage,
         }
 
-    async def run(self, history: Sequence[Message], text: str) -> TurnResult:
+    def _call_tool(self, call_id: str, name: str, arguments: dict[str, Any]) -> str:
+        with tracing.tracer().start_as_current_span(
+            f"execute_tool {name}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                tracing.OPERATION: "execute_tool",
+                tracing.TOOL_NAME: name,
+                tracing.TOOL_CALL_ID: call_id,
+            },
+        ) as span:
+            tool = self._tools.get(name)
+            result = tool.call(arguments) if tool else f"error: unknown tool {name!r}"
+            if tool is None:
+                span.set_attribute(tracing.ERROR_TYPE, "unknown-tool")
+            if span.is_recording() and tracing.capture_content():
+                span.set_attribute(tracing.TOOL_ARGUMENTS, json.dumps(arguments))
+                span.set_attribute(tracing.TOOL_RESULT, result)
+            return result
+
+    async def run(
+        self, history: Sequence[Message], text: str, used: TurnUsage | None = None
+    ) -> TurnResult:
         """Run a turn to its end."""
         calls: list[dict[str, Any]] = []
+        used = used if used is not None else TurnUsage()
         # Closed here, not left suspended after the reply: an abandoned async generator is
         # finalised by a task the loop schedules through its self-pipe, once per turn.
-        async with contextlib.aclosing(self.events(history, text)) as events:
+        async with contextlib.aclosing(self.events(history, text, used=used)) as events:
             async for event in events:
                 if event["type"] == "tool_call":
                     calls.append({"name": event["name"], "arguments": event["arguments"]})
                 elif event["type"] == "tool_result":
                     calls[-1]["result"] = event["result"]
                 else:
-                    return TurnResult(event["content"], event["steps"], event["stop_reason"], calls)
+                    return TurnResult(
+                        event["content"], event["steps"], event["stop_reason"], calls, used.usage
+                    )
         raise AssertionError("a turn always ends with a reply")  # pragma: no cover
 
-    async def _call_model(self, messages: list[Message]) -> Any:
+    async def _call_model(
+        self, messages: list[Message], stream: bool
+    ) -> AsyncGenerator[str | ModelReply, None]:
+        """One model call: its text deltas when streaming, then its reply, within its budget."""
         started = time.perf_counter()
         outcome = "ok"
+        deadline = asyncio.get_running_loop().time() + self._model_timeout_s
+        span = tracing.tracer().start_span(
+            f"chat {self.model_name}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                tracing.OPERATION: "chat",
+                tracing.PROVIDER: self._model.provider,
+                tracing.SYSTEM: self._model.provider,
+                tracing.REQUEST_MODEL: self.model_name,
+            },
+        )
+        if span.is_recording() and tracing.capture_content():
+            span.set_attribute(tracing.INPUT_MESSAGES, json.dumps(messages, default=str))
         try:
-            async with asyncio.timeout(self._model_timeout_s):
-                return await self._model.complete(messages, self._specs)
-        except TimeoutError:
+            if not stream:
+                async with asyncio.timeout_at(deadline):
+                    reply = await self._model.complete(messages, self._specs)
+            else:
+                # The budget covers the whole stream; each wait for the next part is bounded
+                # by what is left of it (a timeout must not span a yield).
+                parts = self._model.stream(messages, self._specs)
+                streamed: ModelReply | None = None
+                async with contextlib.aclosing(parts):  # type: ignore[type-var]
+                    while streamed is None:
+                        async with asyncio.timeout_at(deadline):
+                            part = await anext(parts)
+                        if isinstance(part, str):
+                            yield part
+                        else:
+                            streamed = part
+                reply = streamed
+            _end_model_span(span, reply)
+            yield reply
+        except (TimeoutError, ModelTimeout):
             outcome = "timeout"
+            span.set_attribute(tracing.ERROR_TYPE, "timeout")
             raise ModelTimeout("a model call exceeded AGENT_MODEL_TIMEOUT_S") from None
-        except ModelTimeout:
-            outcome = "timeout"
-            raise
         except ModelError:
             outcome = "error"
+            span.set_attribute(tracing.ERROR_TYPE, "model-unavailable")
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             # The turn ended around the call (client gone, turn timeout, shutdown): not an answer.
             outcome = "cancelled"
+            span.set_attribute(tracing.ERROR_TYPE, "cancelled")
             raise
         finally:
+            if outcome != "ok":
+                span.set_status(StatusCode.ERROR)
+            span.end()
             self._metrics.model_seconds.labels(self._model.provider, outcome).observe(
                 time.perf_counter() - started
             )
+
+
+def _end_model_span(span: Span, reply: ModelReply) -> None:
+    if not span.is_recording():
+        return
+    span.set_attribute(tracing.INPUT_TOKENS, reply.usage.input_tokens)
+    span.set_attribute(tracing.OUTPUT_TOKENS, reply.usage.output_tokens)
+    span.set_attribute(tracing.FINISH_REASONS, [reply.finish_reason])
+    if reply.model:
+        span.set_attribute(tracing.RESPONSE_MODEL, reply.model)
+    if tracing.capture_content():
+        content: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            content["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls
+            ]
+        span.set_attribute(tracing.OUTPUT_MESSAGES, json.dumps([content]))

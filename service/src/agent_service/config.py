@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -17,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent_service.auth import read_keys
 
 ENV_PREFIX = "AGENT_"
 SESSION_SCHEMES = ("redis", "rediss", "memory")
@@ -40,6 +44,15 @@ class LogFormat(StrEnum):
 
     JSON = "json"
     CONSOLE = "console"
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -74,6 +87,17 @@ class Settings(BaseSettings):
     # AGENT_REQUEST_TIMEOUT_S caps it too.
     store_timeout_s: float = Field(1.0, gt=0, le=30)
     readiness_store: Literal["warmup", "always"] = "warmup"
+
+    # Clients: `client-name:key` lines (a mounted Secret); unset = no client authentication.
+    api_keys_file: Path | None = None
+    # Token budgets (input + output), enforced across replicas in the store: per session, per
+    # client per UTC day. A turn reserves `budget_turn_tokens` before its first model call and
+    # settles what it used after; see agent_service.budgets.
+    budget_session_tokens: int | None = Field(None, ge=1)
+    budget_client_daily_tokens: int | None = Field(None, ge=1)
+    budget_turn_tokens: int = Field(4096, ge=1, le=10_000_000)
+    # Optional price table for cost figures: {"<model>": {"input": $/1M, "output": $/1M}}.
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -125,6 +149,13 @@ class Settings(BaseSettings):
         _check_session_url(value.get_secret_value())
         return value
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _usable_keys_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_keys(value)  # KeysFileError is a ValueError naming the line, never a key
+        return value
+
     @field_validator("model_api_key_file", "session_url_file")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
@@ -173,6 +204,13 @@ class Settings(BaseSettings):
                 f"{env_name('max_history_messages')} "
                 f"({self.context_messages} > {self.max_history_messages})"
             )
+        for budget in ("budget_session_tokens", "budget_client_daily_tokens"):
+            limit = getattr(self, budget)
+            if limit is not None and self.budget_turn_tokens > limit:
+                problems.append(
+                    f"{env_name('budget_turn_tokens')}: must not exceed {env_name(budget)} "
+                    f"({self.budget_turn_tokens} > {limit}): no turn could ever run"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -73,6 +73,30 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.tokens = Counter(
+            "agent_tokens",
+            "Model tokens used by turns, by client, model and direction (input, output).",
+            ["client", "model", "direction"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "agent_cost_usd",
+            "Cost of the tokens used, in US dollars (models in AGENT_MODEL_PRICES only).",
+            ["client", "model"],
+            registry=self.registry,
+        )
+        self.budget_refusals = Counter(
+            "agent_budget_refusals",
+            "Turns refused because a token budget was used up, by scope (session, client).",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "agent_auth_failures",
+            "Requests refused for a missing or unknown API key.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (of every worker)."""
         if self._multiproc_dir is None:

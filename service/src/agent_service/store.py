@@ -138,6 +138,11 @@ class SessionStore(Protocol):
         """Release connections."""
 
 
+def session_tag(session_id: str) -> str:
+    """The Redis Cluster hash tag of a session: keys that include it share its slot."""
+    return "{" + KEY_PREFIX + session_id + "}"
+
+
 def session_keys(session_id: str) -> list[str]:
     # The hash tag puts every key of a session in the history list's cluster slot (CRC16 of a
     # key without braces is that of the whole key), so the scripts may touch them all.
@@ -201,6 +206,15 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self._run(self._redis.ping)
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+        """A Lua script run like the store's own calls: bounded in time, counted in its health."""
+        registered = self._redis.register_script(source)
+
+        async def call(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            return await self._run(lambda: registered(keys=list(keys), args=list(args)))
+
+        return call
 
     async def context(self, session_id: str, limit: int, turn_id: str | None) -> Context:
         history_key, _, turns_key, _ = session_keys(session_id)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agent_service.agent import Agent, ModelTimeout
+from agent_service.agent import SYSTEM_PROMPT, Agent, ModelTimeout, TurnUsage
 from agent_service.metrics import Metrics
 from agent_service.providers import EchoModel
 from agent_service.tools import BUILTIN_TOOLS
@@ -72,3 +72,31 @@ def test_a_cancelled_model_call_is_counted_as_cancelled_not_ok() -> None:
     sample = metrics.registry.get_sample_value
     assert sample(count, {"provider": "echo", "outcome": "cancelled"}) == 1
     assert sample(count, {"provider": "echo", "outcome": "ok"}) is None
+
+
+def test_the_echo_model_counts_words_as_tokens_deterministically() -> None:
+    result = asyncio.run(_agent().run([{"role": "user", "content": "a b"}], "hello there"))
+    # Input: the system prompt's words, the history's and the message's; output: the reply's.
+    assert result.usage.input_tokens == len(SYSTEM_PROMPT.split()) + 2 + 2
+    assert result.usage.output_tokens == 3  # echo: hello there
+    assert result == asyncio.run(_agent().run([{"role": "user", "content": "a b"}], "hello there"))
+
+
+def test_a_turns_usage_adds_up_every_model_call() -> None:
+    used = TurnUsage()
+    result = asyncio.run(_agent().run([], "calc 6*7", used))
+    assert result.steps == 2
+    assert used.usage == result.usage
+    assert result.usage.input_tokens > 2 * 2  # two model calls, each sent "calc 6*7"
+
+
+def test_a_streamed_turn_yields_the_reply_word_by_word_before_the_reply() -> None:
+    async def events() -> list[dict[str, object]]:
+        return [e async for e in _agent().events([], "one two  three", stream=True)]
+
+    seen = asyncio.run(events())
+    deltas = [e["content"] for e in seen if e["type"] == "delta"]
+    assert deltas == ["echo: ", "one ", "two  ", "three"]
+    assert "".join(str(d) for d in deltas) == seen[-1]["content"]
+    assert seen[-1]["type"] == "reply"
+    assert [e["type"] for e in seen].index("reply") == len(seen) - 1
