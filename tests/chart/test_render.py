@@ -139,7 +139,8 @@ def test_grace_period_covers_prestop_drain_and_shutdown_timeout_with_margin(
     render: Render,
 ) -> None:
     docs = render(
-        termination={"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 20, "marginSeconds": 4}
+        termination={"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 20, "marginSeconds": 4},
+        server__requestTimeoutSeconds=20,
     )
     pod = find(docs, "Deployment")["spec"]["template"]["spec"]
     container = agent_container(docs)

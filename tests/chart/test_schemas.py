@@ -223,10 +223,13 @@ def test_helm_refuses_one_above_the_services_maximum_and_takes_the_maximum(
 ) -> None:
     path, too_big = _bad_value(mapping)  # type: ignore[misc]
     limit = _service_limits(mapping.setting)["le"]
-    # Other rules stay satisfied: the model call within the turn, a shared store for workers.
+    # Other rules stay satisfied: the model call within the turn, the turn within the shutdown
+    # timeout, a shared store for workers.
     extra = ["--set", "session.url=redis://cache:6379/0"]
     if path == "model.timeoutSeconds":
         extra += ["--set", f"server.requestTimeoutSeconds={limit}"]
+    if path in ("model.timeoutSeconds", "server.requestTimeoutSeconds"):
+        extra += ["--set", f"termination.shutdownTimeoutSeconds={limit}"]
     ok = run_helm(helm, "template", "agent", str(CHART), "--set", f"{path}={limit}", *extra)
     assert ok.returncode == 0
     refused = run_helm(

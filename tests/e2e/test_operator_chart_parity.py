@@ -33,7 +33,7 @@ VALUES: dict[str, Any] = {
         "modelApiKeyKey": "api-key",
     },
     "extraEnv": {"AGENT_ECHO_LATENCY_MS": "5"},
-    "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 20},
+    "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 40},
     "strategy": {"maxSurge": 2, "maxUnavailable": 1},
     "resources": {"requests": {"cpu": "200m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
     "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
@@ -53,7 +53,7 @@ SPEC: dict[str, Any] = {
     "modelApiKeySecretRef": {"name": "agent-secrets", "key": "api-key"},
     "session": {"urlSecretRef": {"name": "agent-secrets", "key": "redis-url"}, "ttlSeconds": 3600},
     "env": [{"name": "AGENT_ECHO_LATENCY_MS", "value": "5"}],
-    "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 20},
+    "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 40},
     "rollout": {"maxSurge": 2, "maxUnavailable": 1},
     "resources": {"requests": {"cpu": "200m", "memory": "192Mi"}, "limits": {"memory": "384Mi"}},
     "disruptionBudget": {"maxUnavailable": 1},
@@ -64,6 +64,21 @@ AUTOSCALING_VALUES = {
     "minReplicas": 2,
     "maxReplicas": 6,
     "targetCPUUtilizationPercentage": 65,
+}
+# Turns in flight per pod, with every behavior setting away from its default.
+INFLIGHT_AUTOSCALING_VALUES = {
+    "enabled": True,
+    "metric": "inflight",
+    "minReplicas": 1,
+    "maxReplicas": 5,
+    "targetTurnsInFlightPerPod": 7,
+    "scaleUpStabilizationSeconds": 10,
+    "scaleUpPods": 3,
+    "scaleUpPercent": 50,
+    "scaleUpPeriodSeconds": 20,
+    "scaleDownStabilizationSeconds": 120,
+    "scaleDownPods": 2,
+    "scaleDownPeriodSeconds": 30,
 }
 
 
@@ -138,9 +153,14 @@ def test_service_and_disruption_budget_match(chart):
     assert ours["PodDisruptionBudget"]["spec"] == chart["PodDisruptionBudget"]["spec"]
 
 
-def test_autoscaling_matches_and_neither_sets_replicas(cluster: Cluster, tmp_path: Path):
-    chart = _render(cluster, {**VALUES, "autoscaling": AUTOSCALING_VALUES}, tmp_path)
-    ours = _operator({**SPEC, "autoscaling": AUTOSCALING_VALUES})
+@pytest.mark.parametrize(
+    "autoscaling", [AUTOSCALING_VALUES, INFLIGHT_AUTOSCALING_VALUES], ids=["cpu", "inflight"]
+)
+def test_autoscaling_matches_and_neither_sets_replicas(
+    cluster: Cluster, tmp_path: Path, autoscaling: dict[str, Any]
+):
+    chart = _render(cluster, {**VALUES, "autoscaling": autoscaling}, tmp_path)
+    ours = _operator({**SPEC, "autoscaling": autoscaling})
     assert ours["HorizontalPodAutoscaler"]["spec"] == chart["HorizontalPodAutoscaler"]["spec"]
     assert "replicas" not in ours["Deployment"]["spec"]
     assert "replicas" not in chart["Deployment"]["spec"]

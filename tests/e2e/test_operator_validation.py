@@ -57,7 +57,7 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
         "targetCPUUtilizationPercentage": 70,
     }
     assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0}
-    assert spec["termination"] == {"drainDelaySeconds": 5, "shutdownTimeoutSeconds": 25}
+    assert spec["termination"] == {"drainDelaySeconds": 5, "shutdownTimeoutSeconds": 30}
 
 
 @pytest.mark.parametrize(

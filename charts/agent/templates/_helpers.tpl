@@ -174,6 +174,9 @@ Checks across values that a JSON schema cannot express; a failed one stops the r
 {{- if gt (float64 .Values.model.timeoutSeconds) (float64 .Values.server.requestTimeoutSeconds) }}
 {{- fail (printf "model.timeoutSeconds (%v) must not exceed server.requestTimeoutSeconds (%v): one model call cannot outlast the turn" .Values.model.timeoutSeconds .Values.server.requestTimeoutSeconds) }}
 {{- end }}
+{{- if lt (float64 .Values.termination.shutdownTimeoutSeconds) (float64 .Values.server.requestTimeoutSeconds) }}
+{{- fail (printf "termination.shutdownTimeoutSeconds (%v) must be at least server.requestTimeoutSeconds (%v): a turn still running when its pod is removed (scale-down, rollout) would be cut" .Values.termination.shutdownTimeoutSeconds .Values.server.requestTimeoutSeconds) }}
+{{- end }}
 {{- if and (hasPrefix "openai:" .Values.model.name) (not (include "agent.modelApiKeyKey" .)) }}
 {{- fail (printf "model.name is %s, which needs an API key: set model.apiKey, or existingSecret.name with existingSecret.modelApiKeyKey" .Values.model.name) }}
 {{- end }}

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent_operator.spec import GROUP, KIND, VERSION, AgentSpec, SecretKeyRef
+from agent_operator.spec import GROUP, KIND, TURNS_IN_FLIGHT, VERSION, AgentSpec, SecretKeyRef
 
 MANAGER = "moorage-operator"
 APP_NAME = "agent"
@@ -287,10 +287,36 @@ def build_service(owner: Owner, spec: AgentSpec) -> Obj:
 
 
 def build_hpa(owner: Owner, spec: AgentSpec) -> Obj | None:
-    """An autoscaling/v2 HPA on CPU, or None when autoscaling is off."""
+    """An autoscaling/v2 HPA on CPU or on turns in flight per pod, or None when autoscaling is off.
+
+    The same object as the chart's templates/hpa.yaml for the same settings (a parity test).
+    """
     auto = spec.autoscaling
     if not auto.enabled:
         return None
+    metric: Obj
+    if auto.metric == "inflight":
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": TURNS_IN_FLIGHT},
+                "target": {
+                    "type": "AverageValue",
+                    "averageValue": str(auto.target_turns_in_flight_per_pod),
+                },
+            },
+        }
+    else:
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {
+                    "type": "Utilization",
+                    "averageUtilization": auto.target_cpu_utilization_percentage,
+                },
+            },
+        }
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -299,20 +325,37 @@ def build_hpa(owner: Owner, spec: AgentSpec) -> Obj | None:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": auto.target_cpu_utilization_percentage,
+            "metrics": [metric],
+            # Long turns: add pods at once, remove them slowly and one at a time (each drains).
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": auto.scale_up_stabilization_seconds,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {
+                            "type": "Pods",
+                            "value": auto.scale_up_pods,
+                            "periodSeconds": auto.scale_up_period_seconds,
                         },
-                    },
-                }
-            ],
-            # Against flapping: scale down only after five minutes of lower recommendations.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+                        {
+                            "type": "Percent",
+                            "value": auto.scale_up_percent,
+                            "periodSeconds": auto.scale_up_period_seconds,
+                        },
+                    ],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
+                    "selectPolicy": "Min",
+                    "policies": [
+                        {
+                            "type": "Pods",
+                            "value": auto.scale_down_pods,
+                            "periodSeconds": auto.scale_down_period_seconds,
+                        }
+                    ],
+                },
+            },
         },
     }
 

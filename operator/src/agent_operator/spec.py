@@ -25,6 +25,10 @@ IMAGE_PATTERN = (
 _IMAGE_RE = re.compile(IMAGE_PATTERN)
 MODEL_PATTERN = r"^(echo|openai:[A-Za-z0-9._:/-]+)$"
 _MODEL_RE = re.compile(MODEL_PATTERN)
+# What an HPA may scale on: CPU utilisation, or turns in flight per pod (agent_turns_in_flight).
+AUTOSCALING_METRICS = ("cpu", "inflight")
+# The service's gauge (agent_service.metrics.TURNS_IN_FLIGHT), as prometheus-adapter serves it.
+TURNS_IN_FLIGHT = "agent_turns_in_flight"
 # What the service accepts (agent_service.config): a host, a port from 1 to 65535 if any, and no
 # '@' after the host part (an unencoded '/', '?' or '#' in a password, which clients misparse).
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
@@ -97,9 +101,19 @@ class Autoscaling:
     """HPA settings; when enabled the operator leaves Deployment replicas to the HPA."""
 
     enabled: bool = False
+    metric: str = "cpu"  # or "inflight": agent_turns_in_flight per pod, via prometheus-adapter
     min_replicas: int = 2
     max_replicas: int = 10
     target_cpu_utilization_percentage: int = 70
+    target_turns_in_flight_per_pod: int = 20
+    # HPA behavior for long turns: add pods at once, remove them slowly, one at a time.
+    scale_up_stabilization_seconds: int = 0
+    scale_up_pods: int = 4
+    scale_up_percent: int = 100
+    scale_up_period_seconds: int = 15
+    scale_down_stabilization_seconds: int = 300
+    scale_down_pods: int = 1
+    scale_down_period_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,8 @@ class Termination:
     """Graceful stop: preStop drain, then the agent's shutdown timeout (as the chart does)."""
 
     drain_delay_seconds: int = 5
-    shutdown_timeout_seconds: int = 25
+    # At least model.requestTimeoutSeconds: a pod removed mid-turn lets the turn finish.
+    shutdown_timeout_seconds: int = 30
 
 
 def _default_resources() -> dict[str, dict[str, str]]:
@@ -205,9 +220,18 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
         image_pull_policy=str(raw.get("imagePullPolicy", "IfNotPresent")),
         autoscaling=Autoscaling(
             enabled=bool(auto.get("enabled", False)),
+            metric=str(auto.get("metric", "cpu")),
             min_replicas=_int(auto, "minReplicas", 2),
             max_replicas=_int(auto, "maxReplicas", 10),
             target_cpu_utilization_percentage=_int(auto, "targetCPUUtilizationPercentage", 70),
+            target_turns_in_flight_per_pod=_int(auto, "targetTurnsInFlightPerPod", 20),
+            scale_up_stabilization_seconds=_int(auto, "scaleUpStabilizationSeconds", 0),
+            scale_up_pods=_int(auto, "scaleUpPods", 4),
+            scale_up_percent=_int(auto, "scaleUpPercent", 100),
+            scale_up_period_seconds=_int(auto, "scaleUpPeriodSeconds", 15),
+            scale_down_stabilization_seconds=_int(auto, "scaleDownStabilizationSeconds", 300),
+            scale_down_pods=_int(auto, "scaleDownPods", 1),
+            scale_down_period_seconds=_int(auto, "scaleDownPeriodSeconds", 60),
         ),
         model=Model(
             name=str(model.get("name", "echo")),
@@ -239,7 +263,7 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
         ),
         termination=Termination(
             drain_delay_seconds=_int(termination, "drainDelaySeconds", 5),
-            shutdown_timeout_seconds=_int(termination, "shutdownTimeoutSeconds", 25),
+            shutdown_timeout_seconds=_int(termination, "shutdownTimeoutSeconds", 30),
         ),
         service_port=_int(service, "port", 80),
         log_level=str(raw.get("logLevel", "info")),
@@ -279,6 +303,14 @@ def validate(spec: AgentSpec) -> list[str]:
         problems.append("spec.autoscaling.minReplicas must be 1 or more")
     if auto.min_replicas > auto.max_replicas:
         problems.append("spec.autoscaling.minReplicas must be less than or equal to maxReplicas")
+    if auto.metric not in AUTOSCALING_METRICS:
+        problems.append("spec.autoscaling.metric must be 'cpu' or 'inflight'")
+    if spec.termination.shutdown_timeout_seconds < spec.model.request_timeout_seconds:
+        problems.append(
+            "spec.termination.shutdownTimeoutSeconds must be at least "
+            "model.requestTimeoutSeconds: a turn still running when its pod is removed "
+            "(scale-down, rollout) would be cut"
+        )
     if not _MODEL_RE.match(spec.model.name):
         problems.append("spec.model.name must be 'echo' or 'openai:<model>'")
     values = _bounded_values(spec)

@@ -14,7 +14,7 @@ from agent_service.agent import Agent
 from agent_service.config import Settings
 from agent_service.errors import install_error_handlers
 from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up, watch_store
-from agent_service.metrics import Metrics
+from agent_service.metrics import CountTurnsInFlight, Metrics
 from agent_service.middleware import ShellMiddleware
 from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
@@ -83,4 +83,5 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     app.include_router(chat.router)
     app.include_router(sessions.router)
     app.add_middleware(ShellMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(CountTurnsInFlight, metrics=metrics)  # outermost: added last
     return app

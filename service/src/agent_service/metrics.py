@@ -10,8 +10,14 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The gauge an `inflight` HPA scales on (charts/agent autoscaling.metric, the operator's
+# spec.autoscaling.metric): the prometheus-adapter rule serves it per pod under this name.
+TURNS_IN_FLIGHT = "agent_turns_in_flight"
+# Requests that are chat turns: whole, or streamed (in flight until the stream's last byte).
+TURN_ROUTES = frozenset({("POST", "/v1/chat"), ("POST", "/v1/chat/stream")})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -38,6 +44,13 @@ class Metrics:
         self.in_flight = Gauge(
             "agent_http_requests_in_flight",
             "HTTP requests being served now.",
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
+        self.turns_in_flight = Gauge(
+            TURNS_IN_FLIGHT,
+            "Chat turns being served now, streams included, summed over workers (what an "
+            "inflight HPA scales on).",
             multiprocess_mode="livesum",
             registry=self.registry,
         )
@@ -109,3 +122,25 @@ class Metrics:
         """Drop this process's live gauges from the shared figures when it stops."""
         if self._multiproc_dir is not None:
             mark_process_dead(os.getpid(), self._multiproc_dir)  # type: ignore[no-untyped-call]
+
+
+class CountTurnsInFlight:
+    """Counts chat turns from their request's arrival to their response's last byte.
+
+    Outermost in the app, so every path a turn takes is counted, and a stream is a turn in
+    flight until it ends. The service has no concurrency cap, so no turn waits for a slot.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.gauge = metrics.turns_in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in TURN_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        self.gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gauge.dec()

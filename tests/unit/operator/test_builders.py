@@ -64,6 +64,36 @@ def test_hpa_exists_only_while_autoscaling_is_on():
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
 
 
+def test_an_inflight_hpa_targets_the_services_gauge_per_pod():
+    from agent_service.metrics import TURNS_IN_FLIGHT
+
+    auto = {"enabled": True, "metric": "inflight", "targetTurnsInFlightPerPod": 12}
+    hpa = build_hpa(OWNER, spec(autoscaling=auto))
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": TURNS_IN_FLIGHT},
+                "target": {"type": "AverageValue", "averageValue": "12"},
+            },
+        }
+    ]
+
+
+def test_the_hpa_scales_up_at_once_and_down_slowly_one_pod_at_a_time():
+    hpa = build_hpa(OWNER, spec(autoscaling={"enabled": True, "scaleDownPods": 2}))
+    assert hpa is not None
+    up, down = hpa["spec"]["behavior"]["scaleUp"], hpa["spec"]["behavior"]["scaleDown"]
+    assert up["stabilizationWindowSeconds"] == 0
+    assert (up["selectPolicy"], [p["value"] for p in up["policies"]]) == ("Max", [4, 100])
+    assert down["stabilizationWindowSeconds"] == 300
+    assert (down["selectPolicy"], down["policies"]) == (
+        "Min",
+        [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+    )
+
+
 def test_selector_matches_the_pod_labels_and_the_status_selector():
     dep = build_deployment(OWNER, spec())
     match = dep["spec"]["selector"]["matchLabels"]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from agent_operator.spec import (
+    AUTOSCALING_METRICS,
     IMAGE_PATTERN,
     SERVICE_BOUNDS,
     SESSION_URL_CREDENTIALS_PATTERN,
@@ -37,7 +38,7 @@ def test_parse_spec_fills_every_default_like_the_crd():
     assert spec.rollout.max_surge == 1
     assert spec.rollout.max_unavailable == 0
     assert spec.termination.drain_delay_seconds == 5
-    assert spec.termination.shutdown_timeout_seconds == 25
+    assert spec.termination.shutdown_timeout_seconds == 30
     assert spec.resources["limits"] == {"memory": "256Mi"}
 
 
@@ -45,6 +46,7 @@ def test_python_defaults_equal_the_crd_schema_defaults():
     props = _crd_spec_schema()["properties"]
     auto = props["autoscaling"]["properties"]
     spec = parse_spec({"image": "a"})
+    auto_spec = spec.autoscaling
     assert auto["minReplicas"]["default"] == spec.autoscaling.min_replicas
     assert auto["maxReplicas"]["default"] == spec.autoscaling.max_replicas
     assert (
@@ -54,6 +56,19 @@ def test_python_defaults_equal_the_crd_schema_defaults():
     assert props["replicas"]["default"] == spec.replicas
     assert props["rollout"]["properties"]["maxSurge"]["default"] == spec.rollout.max_surge
     assert props["resources"]["default"] == spec.resources
+    python = {
+        "metric": auto_spec.metric,
+        "targetTurnsInFlightPerPod": auto_spec.target_turns_in_flight_per_pod,
+        "scaleUpStabilizationSeconds": auto_spec.scale_up_stabilization_seconds,
+        "scaleUpPods": auto_spec.scale_up_pods,
+        "scaleUpPercent": auto_spec.scale_up_percent,
+        "scaleUpPeriodSeconds": auto_spec.scale_up_period_seconds,
+        "scaleDownStabilizationSeconds": auto_spec.scale_down_stabilization_seconds,
+        "scaleDownPods": auto_spec.scale_down_pods,
+        "scaleDownPeriodSeconds": auto_spec.scale_down_period_seconds,
+    }
+    assert {key: auto[key]["default"] for key in python} == python
+    assert auto["metric"]["enum"] == list(AUTOSCALING_METRICS)
     term = props["termination"]["properties"]
     assert term["drainDelaySeconds"]["default"] == spec.termination.drain_delay_seconds
     assert term["shutdownTimeoutSeconds"]["default"] == spec.termination.shutdown_timeout_seconds
@@ -122,6 +137,11 @@ def test_invalid_image_references_are_rejected(image):
         (
             {"model": {"name": "openai:gpt-4o-mini"}},
             "modelApiKeySecretRef is required when spec.model.name is openai:<model>",
+        ),
+        ({"autoscaling": {"metric": "memory"}}, "spec.autoscaling.metric must be 'cpu' or"),
+        (
+            {"model": {"requestTimeoutSeconds": 60}, "termination": {"shutdownTimeoutSeconds": 59}},
+            "shutdownTimeoutSeconds must be at least model.requestTimeoutSeconds",
         ),
     ],
 )
