@@ -13,6 +13,13 @@ MANAGER = "moorage-operator"
 APP_NAME = "agent"
 CONTAINER_PORT = 8080
 CONFIG_CHECKSUM_ANNOTATION = "moorage.dev/config-checksum"
+# A digest of the pod template itself: which revision a pod belongs to (rollout decisions).
+TEMPLATE_HASH_ANNOTATION = "moorage.dev/template-hash"
+# The pod readiness gate a new pod must pass (the smoke evaluation of spec.rollout.gate).
+GATE_CONDITION = "moorage.dev/gate-passed"
+# The gate's prompts travel with the pod template, so each pod is judged by its own revision's
+# gate (after a rollback too), and a new gate applies to new pods.
+GATE_ANNOTATION = "moorage.dev/gate"
 SECRETS_DIR = "/etc/moorage/secrets"
 # Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
 GRACE_MARGIN_SECONDS = 5
@@ -190,6 +197,9 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
         "command": ["agent-service"],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_name(owner)}}],
+        # A container that exits at start leaves its last output in its status, so the
+        # rollback Event can say why (a setting the service refused, say).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if env:
         container["env"] = env
@@ -223,7 +233,7 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             "volumeMounts": volume_mounts,
         }
     )
-    return {
+    template: Obj = {
         "metadata": {
             "labels": common_labels(owner.name),
             "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec)},
@@ -244,12 +254,43 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             "topologySpreadConstraints": _topology_spread(owner.name),
         },
     }
+    if spec.rollout.gate:
+        # Ready only once the operator has run the smoke prompts against this very pod.
+        template["spec"]["readinessGates"] = [{"conditionType": GATE_CONDITION}]
+        template["metadata"]["annotations"][GATE_ANNOTATION] = gate_json(spec)
+    template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = template_hash(template)
+    return template
+
+
+def gate_json(spec: AgentSpec) -> str:
+    """spec.rollout.gate's prompts as compact JSON (the CRD's field names)."""
+    prompts = []
+    for prompt in spec.rollout.gate:
+        item: Obj = {"message": prompt.message, "maxLatencyMs": prompt.max_latency_ms}
+        if prompt.contains is not None:
+            item["contains"] = prompt.contains
+        if prompt.matches is not None:
+            item["matches"] = prompt.matches
+        prompts.append(item)
+    return json.dumps(prompts, separators=(",", ":"), sort_keys=True)
+
+
+def template_hash(template: Obj) -> str:
+    """A short digest of a pod template (its own hash annotation left out)."""
+    annotations = {
+        k: v
+        for k, v in template["metadata"].get("annotations", {}).items()
+        if k != TEMPLATE_HASH_ANNOTATION
+    }
+    body = {**template, "metadata": {**template["metadata"], "annotations": annotations}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_deployment(owner: Owner, spec: AgentSpec) -> Obj:
     """The Deployment; `replicas` is left out while autoscaling is on (the HPA owns it)."""
     deployment_spec: Obj = {
         "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
         "selector": {"matchLabels": selector_labels(owner.name)},
         "strategy": {
             "type": "RollingUpdate",

@@ -14,15 +14,19 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from agent_operator import kube
-from agent_operator.builders import CHILD_KINDS, MANAGER, ChildKind
+from agent_operator.builders import CHILD_KINDS, CONTAINER_PORT, MANAGER, ChildKind
+from agent_operator.gate import GateRunner, Verdict, needs_gate, pod_url, prompts_of, run_gate
+from agent_operator.gate import condition as gate_condition
 from agent_operator.reconcile import (
     SECRET_REASONS,
     Notice,
     Outcome,
     degraded_reason,
+    now_iso,
     reconcile,
     status_changed,
 )
+from agent_operator.rollback import pod_failure
 from agent_operator.spec import GROUP, KIND, PLURAL, VERSION
 from agent_operator.workqueue import KeyedQueue, Resyncer
 
@@ -35,6 +39,8 @@ API_RETRY_SECONDS = 5.0
 # Every AgentDeployment's children are compared with its spec this often, so a change no event
 # reported (or one lost to a watch outage) is corrected within a period; 0 turns it off.
 RESYNC_SECONDS = float(os.environ.get("AGENT_OPERATOR_RESYNC_SECONDS", "300"))
+# Pods gated at once (each run is bounded by its prompts' latency limits).
+GATE_WORKERS = int(os.environ.get("AGENT_OPERATOR_GATE_WORKERS", "4"))
 Key = tuple[str, str]
 MANAGED_BY = f"app.kubernetes.io/managed-by={MANAGER}"
 
@@ -58,6 +64,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     for kind in CHILD_KINDS:
         group, _sep, version = kind.api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
+    settings.watching.label_selectors[("", "v1", "pods")] = MANAGED_BY
     # Handlers block on HTTP calls, not CPU: threads are cheap and keep the queue moving.
     settings.execution.max_workers = int(os.environ.get("AGENT_OPERATOR_WORKERS", "16"))
 
@@ -241,8 +248,56 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def stop_resync(**_: Any) -> None:
-    """Stop the resync thread after its current pass."""
+    """Stop the resync thread after its current pass, and the gate runs."""
     RESYNC.stop()
+    GATES.shutdown()
+
+
+GATES = GateRunner(GATE_WORKERS)
+
+
+def _gate(pod: Mapping[str, Any]) -> None:
+    """Run a pod's smoke gate and record the verdict as its readiness-gate condition."""
+    meta = pod["metadata"]
+    prompts = prompts_of(pod)
+    if prompts:
+        verdict = run_gate(pod_url(pod, CONTAINER_PORT), prompts)
+    else:  # an unreadable annotation must not hold the pod back forever
+        verdict = Verdict(True, "no gate prompts on this pod's template", 0.0)
+    try:
+        kube.patch_pod_condition(
+            meta["namespace"], meta["name"], gate_condition(verdict, now_iso())
+        )
+    except ApiException as exc:
+        if exc.status != 404:  # a pod deleted meanwhile needs no verdict
+            raise
+    log.info(
+        "gate %s for pod %s/%s: %s",
+        "passed" if verdict.passed else "FAILED",
+        meta["namespace"],
+        meta["name"],
+        verdict.message,
+        extra={"gate_seconds": round(verdict.seconds, 3)},
+    )
+
+
+@kopf.on.event("", "v1", "pods", id="watch-pods", labels={"app.kubernetes.io/managed-by": MANAGER})
+def on_pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A pod of an AgentDeployment: gate it once its containers are ready; when it has failed
+    (gate, crash loop, image), let its AgentDeployment's rollout judge act."""
+    if event.get("type") == "DELETED":
+        return
+    meta = body["metadata"]
+    owner = (meta.get("labels") or {}).get("app.kubernetes.io/instance")
+    if not owner:
+        return
+    if needs_gate(body):
+        pod = dict(body)
+        GATES.submit(str(meta["uid"]), lambda: _gate(pod))
+    elif pod_failure(body) is not None:
+        RESYNC.adopt_context(contextvars.copy_context())
+        key = (str(meta["namespace"]), str(owner))
+        QUEUE.add(key)
 
 
 def _owner_name(child: Mapping[str, Any]) -> str | None:

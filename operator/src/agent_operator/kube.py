@@ -107,6 +107,25 @@ def secret_keys(namespace: str, name: str) -> set[str] | None:
     return set((data.get("data") or {}).keys()) | set((data.get("stringData") or {}).keys())
 
 
+def list_pods(namespace: str, selector: str) -> list[Obj]:
+    """The pods in `namespace` matching a label selector."""
+    found = _call(
+        "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
+    )
+    return [dict(item) for item in found.get("items") or ()]
+
+
+def patch_pod_condition(namespace: str, name: str, condition: Mapping[str, Any]) -> None:
+    """Set one condition of a pod's status (a readiness gate's), leaving the others alone."""
+    # Strategic merge: conditions merge by type, so the kubelet's own are untouched.
+    _call(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+        body={"status": {"conditions": [dict(condition)]}},
+        content_type="application/strategic-merge-patch+json",
+    )
+
+
 def get_agent(namespace: str, name: str) -> Obj | None:
     """The AgentDeployment, or None when it is gone."""
     try:

@@ -14,13 +14,28 @@ from agent_operator import kube
 from agent_operator.builders import (
     DEPLOYMENT,
     MANAGER,
+    TEMPLATE_HASH_ANNOTATION,
     ChildKind,
     Owner,
     build_children,
+    pod_template,
+    selector_string,
 )
 from agent_operator.drift import drifted_fields
+from agent_operator.rollback import (
+    Decision,
+    decide,
+    held,
+    revision_of_deployment,
+    rollout_failure,
+)
 from agent_operator.spec import AgentSpec, InvalidSpecError, parse_spec, validate
-from agent_operator.status import Problem, compute_status
+from agent_operator.status import (
+    Problem,
+    compute_status,
+    desired_replicas,
+    rollout_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +61,10 @@ class Client(Protocol):
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """Key names of a Secret, or None when it does not exist."""
+        ...
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        """The pods matching a label selector."""
         ...
 
 
@@ -217,16 +236,23 @@ def reconcile(
         outcome.status = _status(client, owner, spec, generation, previous, problem)
         return outcome
 
+    decision = assess_rollout(client, owner, spec, body.get("spec") or {}, generation, previous)
+    if decision.event is not None:
+        outcome.notices.append(Notice(True, decision.event.reason, decision.event.message))
+    if decision.reverted_now:
+        full, live_child = True, None  # every child back to the last good spec
     if full:
         outcome.notices.extend(advisories(spec, replicas_changed))
     deployment: Obj | None = None
-    for kind, name, desired in build_children(owner, spec):
+    for kind, name, desired in build_children(owner, decision.spec):
         if live_child is not None and live_child[0] is not kind:
             continue
         live = observe_child(client, kind, owner.namespace, name, desired, full, live_child)
         step = plan_child(kind, name, desired, live, full=full, status=previous)
         try:
-            result = _carry_out(client, kind, owner.namespace, name, desired, live, spec, step)
+            result = _carry_out(
+                client, kind, owner.namespace, name, desired, live, decision.spec, step
+            )
         except ApiException as exc:
             if exc.status in (400, 422):
                 outcome.problem = Problem(
@@ -242,8 +268,54 @@ def reconcile(
             deployment = result.live
     if deployment is None and outcome.problem is None:
         deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
-    outcome.status = _status(client, owner, spec, generation, previous, outcome.problem, deployment)
+    outcome.status = _status(
+        client,
+        owner,
+        decision.spec,
+        generation,
+        previous,
+        outcome.problem or decision.degraded,
+        deployment,
+    )
+    outcome.status["history"] = decision.history
+    if decision.last_good is not None:
+        outcome.status["lastGood"] = decision.last_good
     return outcome
+
+
+def revision_of(owner: Owner, spec: AgentSpec) -> str:
+    """The revision (pod template hash) a spec makes."""
+    return str(pod_template(owner, spec)["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
+
+
+def assess_rollout(
+    client: Client,
+    owner: Owner,
+    spec: AgentSpec,
+    raw_spec: Mapping[str, Any],
+    generation: int,
+    previous: Mapping[str, Any],
+) -> Decision:
+    """Read what the rollout of the spec's revision needs judging on, and decide."""
+    revision = revision_of(owner, spec)
+    deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
+    at_revision = deployment is not None and revision_of_deployment(deployment) == revision
+    complete = at_revision and rollout_complete(deployment, desired_replicas(spec, deployment))
+    proven = (previous.get("lastGood") or {}).get("revision") == revision
+    failure = None
+    if deployment is not None and not (complete or proven or held(previous, revision, generation)):
+        pods = client.list_pods(owner.namespace, selector_string(owner.name))
+        failure = rollout_failure(deployment, pods, revision)
+    return decide(
+        spec=spec,
+        raw_spec=raw_spec,
+        revision=revision,
+        generation=generation,
+        previous=previous,
+        complete=complete,
+        failure=failure,
+        now=now_iso(),
+    )
 
 
 def observe_child(

@@ -137,11 +137,24 @@ class Session:
 
 
 @dataclass(frozen=True)
+class GatePrompt:
+    """One smoke prompt: the new pod's answer must contain and/or match, within a latency."""
+
+    message: str
+    contains: str | None = None
+    matches: str | None = None
+    max_latency_ms: int = 5000
+
+
+@dataclass(frozen=True)
 class Rollout:
-    """RollingUpdate settings of the Deployment."""
+    """RollingUpdate settings of the Deployment, its smoke gate and automatic rollback."""
 
     max_surge: IntOrStr = 1
     max_unavailable: IntOrStr = 0
+    progress_deadline_seconds: int = 600
+    auto_rollback: bool = True
+    gate: tuple[GatePrompt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +217,18 @@ def _int(raw: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
+def _prompt(raw: Any) -> GatePrompt:
+    if not isinstance(raw, Mapping):
+        raise InvalidSpecError([f"rollout.gate.prompts items must be objects, got {raw!r}"])
+    contains, matches = raw.get("contains"), raw.get("matches")
+    return GatePrompt(
+        message=str(raw.get("message", "")),
+        contains=None if contains is None else str(contains),
+        matches=None if matches is None else str(matches),
+        max_latency_ms=_int(raw, "maxLatencyMs", 5000),
+    )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
     """Build an AgentSpec from the resource's spec, applying the CRD's defaults."""
     auto = raw.get("autoscaling") or {}
@@ -255,6 +280,9 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
         rollout=Rollout(
             max_surge=rollout.get("maxSurge", 1),
             max_unavailable=rollout.get("maxUnavailable", 0),
+            progress_deadline_seconds=_int(rollout, "progressDeadlineSeconds", 600),
+            auto_rollback=bool(rollout.get("autoRollback", True)),
+            gate=tuple(_prompt(item) for item in (rollout.get("gate") or {}).get("prompts") or ()),
         ),
         disruption_budget=DisruptionBudget(
             enabled=bool(pdb.get("enabled", True)),
@@ -279,6 +307,33 @@ def _bounded_values(spec: AgentSpec) -> dict[str, int]:
         "session.ttlSeconds": spec.session.ttl_seconds,
         "termination.shutdownTimeoutSeconds": spec.termination.shutdown_timeout_seconds,
     }
+
+
+# Bounds of the gate, the same in the CRD: a gate is a smoke test, not an evaluation suite.
+GATE_MAX_PROMPTS = 10
+GATE_MAX_LATENCY_MS = 60000
+
+
+def _gate_problems(rollout: Rollout) -> list[str]:
+    problems = []
+    if not 10 <= rollout.progress_deadline_seconds <= 3600:
+        problems.append("spec.rollout.progressDeadlineSeconds must be between 10 and 3600")
+    if len(rollout.gate) > GATE_MAX_PROMPTS:
+        problems.append(f"spec.rollout.gate.prompts may have at most {GATE_MAX_PROMPTS} items")
+    for index, prompt in enumerate(rollout.gate):
+        where = f"spec.rollout.gate.prompts[{index}]"
+        if not prompt.message:
+            problems.append(f"{where}.message is required")
+        if prompt.contains is None and prompt.matches is None:
+            problems.append(f"{where}: set contains or matches (what the answer must hold)")
+        if prompt.matches is not None:
+            try:
+                re.compile(prompt.matches)
+            except re.error as exc:
+                problems.append(f"{where}.matches is not a valid regular expression: {exc}")
+        if not 100 <= prompt.max_latency_ms <= GATE_MAX_LATENCY_MS:
+            problems.append(f"{where}.maxLatencyMs must be between 100 and {GATE_MAX_LATENCY_MS}")
+    return problems
 
 
 def _is_zero(value: IntOrStr) -> bool:
@@ -339,6 +394,7 @@ def validate(spec: AgentSpec) -> list[str]:
         problems.append(f"spec.{SESSION_URL_CREDENTIALS_MESSAGE}")
     if _is_zero(spec.rollout.max_surge) and _is_zero(spec.rollout.max_unavailable):
         problems.append("spec.rollout: maxSurge and maxUnavailable cannot both be 0")
+    problems.extend(_gate_problems(spec.rollout))
     pdb = spec.disruption_budget
     if pdb.min_available is not None and pdb.max_unavailable is not None:
         problems.append("spec.disruptionBudget: set minAvailable or maxUnavailable, not both")

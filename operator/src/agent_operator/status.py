@@ -56,6 +56,28 @@ def _deployment_condition(deployment: Mapping[str, Any], type_: str) -> Mapping[
     return {}
 
 
+def desired_replicas(spec: AgentSpec, deployment: Mapping[str, Any] | None) -> int:
+    """spec.replicas, or the HPA's choice (the Deployment's replicas) while autoscaling."""
+    if spec.autoscaling.enabled:
+        dep_spec: Mapping[str, Any] = (deployment or {}).get("spec") or {}
+        return int(dep_spec.get("replicas", spec.autoscaling.min_replicas))
+    return spec.replicas
+
+
+def rollout_complete(deployment: Mapping[str, Any] | None, desired: int) -> bool:
+    """The Deployment controller saw the latest template and every desired pod runs it."""
+    if deployment is None:
+        return False
+    dep_status: Mapping[str, Any] = deployment.get("status") or {}
+    dep_generation = int(deployment.get("metadata", {}).get("generation", 0))
+    return (
+        int(dep_status.get("observedGeneration", 0)) >= dep_generation
+        and int(dep_status.get("updatedReplicas", 0)) >= desired
+        and int(dep_status.get("replicas", 0)) <= int(dep_status.get("updatedReplicas", 0))
+        and int(dep_status.get("availableReplicas", 0)) >= desired
+    )
+
+
 def compute_status(
     *,
     name: str,
@@ -68,24 +90,12 @@ def compute_status(
 ) -> Obj:
     """The full status block: counts, selector, conditions, state and recent images."""
     dep_status: Mapping[str, Any] = (deployment or {}).get("status") or {}
-    dep_spec: Mapping[str, Any] = (deployment or {}).get("spec") or {}
-    if spec.autoscaling.enabled:
-        desired = int(dep_spec.get("replicas", spec.autoscaling.min_replicas))
-    else:
-        desired = spec.replicas
+    desired = desired_replicas(spec, deployment)
     replicas = int(dep_status.get("replicas", 0))
     ready = int(dep_status.get("readyReplicas", 0))
     updated = int(dep_status.get("updatedReplicas", 0))
     available = int(dep_status.get("availableReplicas", 0))
-    dep_generation = int((deployment or {}).get("metadata", {}).get("generation", 0))
-    observed = int(dep_status.get("observedGeneration", 0))
-    rolled_out = (
-        deployment is not None
-        and observed >= dep_generation
-        and updated >= desired
-        and replicas <= updated
-        and available >= desired
-    )
+    rolled_out = rollout_complete(deployment, desired)
     all_ready = rolled_out and ready >= desired
     stuck = _deployment_condition(deployment or {}, "Progressing").get("reason") == (
         "ProgressDeadlineExceeded"

@@ -138,6 +138,7 @@ class FakeKube:
         self.writes: list[tuple[str, str, str]] = []
         self.secrets = secrets or {}
         self.refuse: dict[str, int] = {}
+        self.pods: list[dict] = []
 
     def apply(self, kind, obj, manager="moorage-operator"):
         meta = obj["metadata"]
@@ -166,6 +167,9 @@ class FakeKube:
 
     def secret_keys(self, namespace, name):
         return self.secrets.get(name)
+
+    def list_pods(self, namespace, selector):
+        return copy.deepcopy(self.pods)
 
 
 def _merge(live: dict, new: dict) -> dict:
