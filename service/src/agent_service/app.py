@@ -5,31 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TypedDict
 
 from fastapi import FastAPI
 
 from agent_service import __version__
 from agent_service.agent import Agent
 from agent_service.config import Settings
+from agent_service.deps import AppState
 from agent_service.errors import install_error_handlers
 from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up, watch_store
 from agent_service.metrics import CountTurnsInFlight, Metrics
 from agent_service.middleware import ShellMiddleware
 from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
-from agent_service.store import SessionStore, StoreHealth, open_store
+from agent_service.store import StoreHealth, open_store
 from agent_service.tools import BUILTIN_TOOLS
-
-
-class AppState(TypedDict):
-    """What the lifespan hands to every request (as `request.state`)."""
-
-    settings: Settings
-    store: SessionStore
-    agent: Agent
-    lifecycle: Lifecycle
-    metrics: Metrics
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:

@@ -1,9 +1,8 @@
-"""Shared dependencies of the routes, as `Annotated` aliases over the lifespan state."""
+"""The dependency every route shares: the lifespan's state, as one `Annotated` alias."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, TypedDict, cast
 
 from fastapi import Depends, Request
 
@@ -14,20 +13,24 @@ from agent_service.metrics import Metrics
 from agent_service.store import SessionStore
 
 
-def _state(name: str) -> Callable[[Request], Any]:
-    """A dependency returning one entry of the lifespan state (see `app.AppState`)."""
+class AppState(TypedDict):
+    """What the lifespan hands to every request (in `scope["state"]`)."""
 
-    # `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread, and
-    # those thread hops cost more CPU per request than the rest of the shell (make bench).
-    async def get(request: Request) -> Any:
-        return getattr(request.state, name)
-
-    get.__name__ = f"state_{name}"
-    return get
+    settings: Settings
+    store: SessionStore
+    agent: Agent
+    lifecycle: Lifecycle
+    metrics: Metrics
 
 
-SettingsDep = Annotated[Settings, Depends(_state("settings"))]
-StoreDep = Annotated[SessionStore, Depends(_state("store"))]
-AgentDep = Annotated[Agent, Depends(_state("agent"))]
-LifecycleDep = Annotated[Lifecycle, Depends(_state("lifecycle"))]
-MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+async def app_state(request: Request) -> AppState:
+    """The lifespan's clients and settings.
+
+    One dependency rather than one per client: FastAPI's cost per resolved dependency is
+    larger than a chat turn's own work per dependency (make bench, docs/benchmarks.md), and
+    `async def` because FastAPI runs a plain `def` dependency in a worker thread.
+    """
+    return cast(AppState, request.scope["state"])
+
+
+StateDep = Annotated[AppState, Depends(app_state)]

@@ -77,14 +77,9 @@ def _reason_for(status: int) -> str:
         return "error"
 
 
-def api_error_response(exc: ApiError) -> JSONResponse:
-    """The response to an ApiError, wherever it is caught (see `direct`)."""
-    return error_response(exc.status, exc.reason, exc.message, headers=exc.headers)
-
-
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return api_error_response(exc)
+    return error_response(exc.status, exc.reason, exc.message, headers=exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -19,7 +19,6 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_service.direct import ROUTES
 from agent_service.errors import ApiError
 from agent_service.metrics import Metrics
 
@@ -88,12 +87,7 @@ class ShellMiddleware:
             if declared is not None and declared > self.max_body_bytes:
                 await _send_too_large(send_with_id, self.max_body_bytes)
             else:
-                # The hot routes skip FastAPI's per-request machinery (see `direct`).
-                direct = ROUTES.get((scope["method"], scope["path"]))
-                if direct is not None:
-                    await direct(scope, limited_receive, send_with_id, self.app)
-                else:
-                    await self.app(scope, limited_receive, send_with_id)
+                await self.app(scope, limited_receive, send_with_id)
             if not response_started and not client_gone and not state.get(BODY_TIMED_OUT):
                 log.error("the app returned no response", extra={"request_id": request_id})
                 await _send_json(send_with_id, 500, "internal", "internal error")

@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent_service import app as app_module
-from agent_service import direct
 from agent_service.store import MemoryStore, Message, StoreHealth, StoreUnavailable
 
 Client = Callable[..., TestClient]
@@ -22,13 +21,9 @@ def _events(text: str) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
     ]
 
 
-@pytest.mark.parametrize("path", ["direct", "fastapi"])
 def test_a_repeated_idempotency_key_returns_the_stored_answer_and_stores_nothing_new(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, path: str
+    client: TestClient,
 ) -> None:
-    if path == "fastapi":
-        for key in list(direct.ROUTES):
-            monkeypatch.delitem(direct.ROUTES, key)
     body = {"session_id": "idem", "message": "time"}
     first = client.post("/v1/chat", json=body, headers={"Idempotency-Key": "k-1"})
     again = client.post("/v1/chat", json=body, headers={"Idempotency-Key": "k-1"})

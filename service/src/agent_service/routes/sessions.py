@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from agent_service.deps import MetricsDep, StoreDep
+from agent_service.deps import StateDep
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.schemas import (
     HISTORY_PAGE_DEFAULT,
@@ -27,8 +27,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorBody} for s in 
 async def get_session(
     session_id: SessionPath,
     request: Request,
-    store: StoreDep,
-    metrics: MetricsDep,
+    state: StateDep,
     limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE_MAX)] = HISTORY_PAGE_DEFAULT,
     before: Annotated[int | None, Query(ge=0)] = None,
 ) -> SessionOut:
@@ -37,8 +36,8 @@ async def get_session(
     Answers within AGENT_STORE_TIMEOUT_S (one store call), else 503 `store-unavailable`.
     """
     request.state.session_id = session_id
-    with store_unavailable_is_503(metrics, "read"):
-        page = await store.page(session_id, limit, before)
+    with store_unavailable_is_503(state["metrics"], "read"):
+        page = await state["store"].page(session_id, limit, before)
     if page is None:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     messages = [{**m, "seq": page.first + i} for i, m in enumerate(page.messages)]
@@ -53,13 +52,11 @@ async def get_session(
 
 
 @router.delete("/{session_id}", status_code=204, responses=_ERRORS)
-async def delete_session(
-    session_id: SessionPath, request: Request, store: StoreDep, metrics: MetricsDep
-) -> Response:
+async def delete_session(session_id: SessionPath, request: Request, state: StateDep) -> Response:
     """Forget a session."""
     request.state.session_id = session_id
-    with store_unavailable_is_503(metrics, "delete"):
-        deleted = await store.delete(session_id)
+    with store_unavailable_is_503(state["metrics"], "delete"):
+        deleted = await state["store"].delete(session_id)
     if not deleted:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     return Response(status_code=204)
