@@ -196,6 +196,11 @@ def test_the_crd_is_rewritten_in_place_keeping_comments_and_layout() -> None:
         # DESIGN.md's sentinel and cluster forms: when the service learns them, so must the CRD.
         "redis+sentinel://:pw@s1:26379,s2:26379/primary/0",
         "rediss+cluster://h1:7000,h2:7001",
+        "rediss+sentinel://[::1]:26379,s2/primary?sentinel_password=pw",
+        "redis+sentinel://s1:26379,s2:26379",
+        "redis+sentinel://s1:26379/primary/x",
+        "redis+cluster://h1:7000,h2:7001/1",
+        "redis+cluster://h1:7000,h2:99999",
     ],
 )
 def test_the_crd_session_url_pattern_accepts_what_the_service_accepts(url: str) -> None:

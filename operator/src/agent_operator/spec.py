@@ -33,12 +33,18 @@ TURNS_IN_FLIGHT = "agent_turns_in_flight"
 # '@' after the host part (an unencoded '/', '?' or '#' in a password, which clients misparse).
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 _HOST = r"(?:[^/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+# Sentinel and Cluster URLs list several hosts, separated by commas.
+_HOSTS = rf"(?:[^/?#@:\[\],]+|\[[0-9A-Fa-f:.]+\])(?::{_PORT}?)?"
+_HOSTS = rf"{_HOSTS}(?:,{_HOSTS})*"
 SESSION_URL_PATTERN = (
-    rf"^(?:memory://.*|rediss?://(?:[^/?#]*@)?{_HOST}(?::{_PORT}?)?(?:[/?#][^@]*)?)$"
+    rf"^(?:memory://.*|rediss?://(?:[^/?#]*@)?{_HOST}(?::{_PORT}?)?(?:[/?#][^@]*)?"
+    rf"|rediss?\+sentinel://(?:[^/?#]*@)?{_HOSTS}/[^/?#@]+(?:/[0-9]*)?/?(?:[?#][^@]*)?"
+    rf"|rediss?\+cluster://(?:[^/?#]*@)?{_HOSTS}/?(?:#[^@]*)?)$"
 )
 SESSION_URL_MESSAGE = (
-    "session.url must start with redis://, rediss:// or memory://, name a host, have a port "
-    "from 1 to 65535 if any, and percent-encode '/', '?' and '#' in a password"
+    "session.url must start with redis://, rediss://, redis[s]+sentinel://, "
+    "redis[s]+cluster:// or memory://, name its hosts (and a Sentinel its master), have "
+    "a port from 1 to 65535 if any, and percent-encode '/', '?' and '#' in a password"
 )
 _SESSION_URL_RE = re.compile(SESSION_URL_PATTERN)
 # A user name, password or token in spec.session.url would sit in the ConfigMap and the object,

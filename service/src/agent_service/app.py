@@ -18,7 +18,7 @@ from agent_service.metrics import CountTurnsInFlight, Metrics
 from agent_service.middleware import ShellMiddleware
 from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
-from agent_service.store import StoreHealth, open_store
+from agent_service.store import StoreHealth, TlsFiles, open_store
 from agent_service.tools import BUILTIN_TOOLS
 
 
@@ -36,6 +36,11 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             max_messages=settings.max_history_messages,
             timeout_s=settings.store_timeout_s,
             health=health,
+            tls=TlsFiles(
+                settings.session_ca_file, settings.session_cert_file, settings.session_key_file
+            ),
+            wait_replicas=settings.session_wait_replicas,
+            wait_timeout_s=settings.session_replica_timeout_s,
         )
         model = open_model(settings)
         agent = Agent(model, BUILTIN_TOOLS, settings.max_steps, settings.model_timeout_s, metrics)

@@ -21,9 +21,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent_service.auth import read_keys
+from agent_service.store import parse_session_url
 
 ENV_PREFIX = "AGENT_"
-SESSION_SCHEMES = ("redis", "rediss", "memory")
+SESSION_SCHEMES = (
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+    "memory",
+)
 # Kubernetes injects `<SERVICE>_PORT=tcp://…` style variables for every Service in the
 # namespace unless `enableServiceLinks: false`; they are not ours and must not trip us.
 _SERVICE_LINK_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT_")
@@ -87,6 +96,17 @@ class Settings(BaseSettings):
     # AGENT_REQUEST_TIMEOUT_S caps it too.
     store_timeout_s: float = Field(1.0, gt=0, le=30)
     readiness_store: Literal["warmup", "always"] = "warmup"
+    # Session store TLS and durability (README "Session stores"). TLS files apply to rediss…
+    # URLs only; without a CA file the system's CA bundle is trusted.
+    session_ca_file: Path | None = None
+    session_cert_file: Path | None = None
+    session_key_file: Path | None = None
+    # Acknowledge a turn only once this many replicas have it (Redis WAIT). Unset: 1 with
+    # Sentinel or Cluster (an acknowledged turn survives the loss of its master), 0 with one
+    # Redis (which has no replica to wait for).
+    session_min_replicas: int | None = Field(None, ge=0, le=16)
+    # Bound of that wait, within AGENT_STORE_TIMEOUT_S; fewer replicas by then: 503.
+    session_replica_timeout_s: float = Field(0.25, gt=0, le=30)
 
     # Clients: `client-name:key` lines (a mounted Secret); unset = no client authentication.
     api_keys_file: Path | None = None
@@ -156,7 +176,13 @@ class Settings(BaseSettings):
             read_keys(value)  # KeysFileError is a ValueError naming the line, never a key
         return value
 
-    @field_validator("model_api_key_file", "session_url_file")
+    @field_validator(
+        "model_api_key_file",
+        "session_url_file",
+        "session_ca_file",
+        "session_cert_file",
+        "session_key_file",
+    )
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not (value.is_file() and os.access(value, os.R_OK)):
@@ -183,6 +209,7 @@ class Settings(BaseSettings):
                 except ValueError as err:
                     problems.append(f"{env_name('session_url_file')}: file content {err}")
                 object.__setattr__(self, "session_url", SecretStr(url))
+        problems.extend(self._session_store_problems())
         if self.model.startswith("openai:") and self.model_api_key is None:
             problems.append(
                 f"{env_name('model_api_key')}: required by {env_name('model')}={self.model} "
@@ -217,8 +244,41 @@ class Settings(BaseSettings):
 
     @property
     def session_scheme(self) -> str:
-        """Scheme of the session store URL: `redis`, `rediss` or `memory`."""
+        """Scheme of the session store URL, e.g. `redis`, `rediss+sentinel` or `memory`."""
         return urlsplit(self.session_url.get_secret_value()).scheme
+
+    @property
+    def session_wait_replicas(self) -> int:
+        """Replicas that must have a turn before it is acknowledged (see session_min_replicas)."""
+        if self.session_min_replicas is not None:
+            return self.session_min_replicas
+        return 1 if "+" in self.session_scheme else 0
+
+    def _session_store_problems(self) -> list[str]:
+        problems: list[str] = []
+        tls_files = ("session_ca_file", "session_cert_file", "session_key_file")
+        if not self.session_scheme.startswith("rediss"):
+            problems.extend(
+                f"{env_name(name)}: applies only to a rediss… {env_name('session_url')}"
+                for name in tls_files
+                if getattr(self, name) is not None
+            )
+        if (self.session_cert_file is None) != (self.session_key_file is None):
+            problems.append(
+                f"{env_name('session_cert_file')}: set together with "
+                f"{env_name('session_key_file')} (a client certificate needs its key)"
+            )
+        if self.session_scheme == "memory" and self.session_wait_replicas:
+            problems.append(
+                f"{env_name('session_min_replicas')}: memory:// has no replicas to wait for"
+            )
+        if self.session_wait_replicas and self.session_replica_timeout_s >= self.store_timeout_s:
+            problems.append(
+                f"{env_name('session_replica_timeout_s')}: must be below "
+                f"{env_name('store_timeout_s')} ({self.session_replica_timeout_s} >= "
+                f"{self.store_timeout_s}), which bounds the write and the wait together"
+            )
+        return problems
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for the startup log: secrets only as set/unset.
@@ -302,10 +362,14 @@ def _read_secret(path: Path) -> str:
 def _check_session_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in SESSION_SCHEMES:
-        raise ValueError("must be a redis://, rediss:// or memory:// URL")
+        raise ValueError(
+            "must be a redis://, rediss://, redis[s]+sentinel://, redis[s]+cluster:// "
+            "or memory:// URL"
+        )
     if parts.scheme != "memory":
         # `redis+sentinel://h1:p1,h2:p2/...` and `redis+cluster://` list several hosts.
         _check_authority(url, multi_host="+" in parts.scheme)
+        parse_session_url(url)
 
 
 def _authority_end(rest: str) -> int:

@@ -60,7 +60,11 @@ async def warm_up(store: SessionStore, lifecycle: Lifecycle) -> None:
         except (StoreUnavailable, TimeoutError) as err:
             log.warning(
                 "session store not answering yet",
-                extra={"attempt": attempt, "error": type(err).__name__, "retry_in_s": delay},
+                extra={
+                    "attempt": attempt,
+                    "error": str(err) or type(err).__name__,
+                    "retry_in_s": delay,
+                },
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _WARMUP_MAX_DELAY_S)

@@ -12,16 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +144,123 @@ class SessionStore(Protocol):
 
 
 def session_tag(session_id: str) -> str:
-    """The Redis Cluster hash tag of a session: keys that include it share its slot."""
+    """The Redis Cluster hash tag of a session: keys that include it share its slot.
+
+    Its slot is that of the bare history key too (Redis hashes a key without braces whole).
+    """
     return "{" + KEY_PREFIX + session_id + "}"
 
 
+def session_key(session_id: str, suffix: str = "") -> str:
+    """The Redis key of one part of a session; every part lands in the same cluster slot.
+
+    The bare history key `moorage:session:<id>` and the hash-tagged
+    `{moorage:session:<id>}:<suffix>` share a slot (Redis hashes only the tag when there is one,
+    and the whole key otherwise; a session id cannot contain braces), so one script may touch
+    all of a session's keys, on Redis Cluster too. A new per-session key takes its own `suffix`;
+    a script over keys of several sessions (or of a client) cannot run on Cluster.
+    """
+    return f"{session_tag(session_id)}:{suffix}" if suffix else KEY_PREFIX + session_id
+
+
 def session_keys(session_id: str) -> list[str]:
-    # The hash tag puts every key of a session in the history list's cluster slot (CRC16 of a
-    # key without braces is that of the whole key), so the scripts may touch them all.
-    history = KEY_PREFIX + session_id
-    tag = "{" + history + "}"
-    return [history, tag + ":seq", tag + ":turns", tag + ":turn-ids"]
+    """KEYS of APPEND_SCRIPT: history list, sequence counter, turn records, turn ids."""
+    return [session_key(session_id, part) for part in ("", "seq", "turns", "turn-ids")]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Files for `rediss…` URLs; without `ca_file` the system's CA bundle is trusted."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """redis-py's TLS arguments: the server certificate and its host name are verified."""
+        return {
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": None if self.ca_file is None else str(self.ca_file),
+            "ssl_certfile": None if self.cert_file is None else str(self.cert_file),
+            "ssl_keyfile": None if self.key_file is None else str(self.key_file),
+        }
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A session URL taken apart: which Redis engine, where, and with which credentials."""
+
+    kind: str  # "redis", "sentinel" or "cluster"
+    tls: bool
+    hosts: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    master: str = ""  # Sentinel's name of the monitored master
+    db: int = 0
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+_ENGINE_PORTS = {"redis": 6379, "sentinel": 26379, "cluster": 6379}
+
+
+def parse_session_url(url: str) -> Topology:
+    """Take a `redis[s]://`, `redis[s]+sentinel://` or `redis[s]+cluster://` URL apart.
+
+    Raises ValueError with a reason that never quotes the URL (it may hold a password).
+    Sentinel URLs name the master as their first path segment, then an optional db number;
+    `?sentinel_username=`/`?sentinel_password=` authenticate to the sentinels when they need
+    it (the URL's user and password are for the Redis servers).
+    """
+    parts = urlsplit(url)
+    base, _, engine = parts.scheme.partition("+")
+    engine = engine or "redis"
+    if base not in ("redis", "rediss") or engine not in _ENGINE_PORTS:
+        raise ValueError("has an unknown scheme")
+    authority = parts.netloc.rpartition("@")[2]
+    hosts: list[tuple[str, int]] = []
+    for host in authority.split(","):
+        one = urlsplit("//" + host)
+        if not one.hostname:
+            raise ValueError("must name a host")
+        hosts.append((one.hostname, one.port or _ENGINE_PORTS[engine]))
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    topology = Topology(
+        kind=engine,
+        tls=base == "rediss",
+        hosts=hosts,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        sentinel_username=query.get("sentinel_username"),
+        sentinel_password=query.get("sentinel_password"),
+    )
+    if engine == "sentinel":
+        if not segments or len(segments) > 2:
+            raise ValueError(
+                "must name the Sentinel master: redis+sentinel://h1:p1,h2:p2/<master>[/db]"
+            )
+        db = segments[1] if len(segments) == 2 else "0"
+        if not db.isdigit():
+            raise ValueError("has a database that is not a number")
+        return Topology(**{**topology.__dict__, "master": segments[0], "db": int(db)})
+    if engine == "cluster" and (segments or parts.query):
+        raise ValueError("takes no database or options: Redis Cluster has only database 0")
+    if engine == "redis" and len(hosts) > 1:
+        raise ValueError("names several hosts: use redis+sentinel:// or redis+cluster://")
+    return topology
 
 
 class RedisStore:
-    """One Redis list per session; a turn costs one read and one atomic, idempotent write."""
+    """One Redis list per session; a turn costs one read and one atomic, idempotent write.
+
+    The URL picks the engine: one Redis, Sentinel (redis-py finds the master through the
+    sentinels and again after a failover) or Cluster (redis-py follows the slot map). With
+    `wait_replicas` > 0 a write is acknowledged only once that many replicas have it (Redis
+    WAIT on the connection that wrote it, bounded by `wait_timeout_s`); fewer is a
+    StoreUnavailable, so the turn answers 503 and a client's retry finds it or writes it again.
+    """
 
     def __init__(
         self,
@@ -163,24 +271,32 @@ class RedisStore:
         timeout_s: float,
         health: StoreHealth | None = None,
         socket_timeout_s: float | None = None,
+        tls: TlsFiles | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 0.5,
     ) -> None:
         self._ttl_s = ttl_s
         self._max_messages = max_messages
         self._max_turns = max(max_messages // 2, 1)
         self._timeout_s = timeout_s
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(int(wait_timeout_s * 1000), 1)
         self.health = health or StoreHealth()
-        self._redis = aioredis.Redis.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            socket_connect_timeout=min(timeout_s, 1.0),
+        self._topology = parse_session_url(url)
+        self._sentinel: Sentinel | None = None
+        common: dict[str, Any] = {
+            "max_connections": POOL_SIZE,
+            "socket_connect_timeout": min(timeout_s, 1.0),
             # A timed-out call is abandoned at `timeout_s` (see `_run`); retries are for broken
-            # connections (e.g. a pooled one after a Redis restart) and are safe: every write
-            # is idempotent.
-            socket_timeout=socket_timeout_s or timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
-            health_check_interval=15,
-            decode_responses=False,
-        )
+            # connections (e.g. a pooled one after a Redis restart or a failover) and are
+            # safe: every write is idempotent.
+            "socket_timeout": socket_timeout_s or timeout_s,
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+            "decode_responses": False,
+        }
+        if self._topology.tls:
+            common.update((tls or TlsFiles()).kwargs())
+        self._redis: Any = self._connect(url, common)
         self._append = self._redis.register_script(APPEND_SCRIPT)
         self._page = self._redis.register_script(_PAGE)
         # redis-py's pool raises "Too many connections" once every connection is busy, which
@@ -188,6 +304,42 @@ class RedisStore:
         # free connection instead (within the call's bound); this costs a fraction of what
         # redis-py's BlockingConnectionPool adds to every command.
         self._slots = asyncio.Semaphore(POOL_SIZE)
+
+    def _connect(self, url: str, common: dict[str, Any]) -> Any:
+        topology = self._topology
+        if topology.kind == "redis":
+            return aioredis.Redis.from_url(url, health_check_interval=15, **common)
+        auth: dict[str, Any] = {"username": topology.username, "password": topology.password}
+        if topology.kind == "cluster":
+            common.pop("retry")  # the cluster client retries on a fresh slot map instead
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in topology.hosts],
+                ssl=topology.tls,
+                # A turn touches one slot: the others' masters may be failing over meanwhile.
+                require_full_coverage=False,
+                **auth,
+                **common,
+            )
+        sentinel_kwargs = {
+            key: value for key, value in common.items() if key.startswith(("socket_", "ssl_"))
+        }
+        self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            topology.hosts,
+            sentinel_kwargs={
+                **sentinel_kwargs,
+                "ssl": topology.tls,
+                "username": topology.sentinel_username,
+                "password": topology.sentinel_password,
+            },
+        )
+        return self._sentinel.master_for(
+            topology.master,
+            db=topology.db,
+            ssl=topology.tls,
+            health_check_interval=15,
+            **auth,
+            **common,
+        )
 
     async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
         """Run one call on a free connection within `timeout_s`; a failure is StoreUnavailable."""
@@ -198,9 +350,9 @@ class RedisStore:
         except TimeoutError as err:
             self.health.saw(False)
             raise StoreUnavailable("timeout") from err
-        except (RedisError, OSError) as err:
+        except (RedisError, RedisClusterException, OSError) as err:
             self.health.saw(False)
-            raise StoreUnavailable(type(err).__name__) from err
+            raise StoreUnavailable(_reason(err)) from err
         self.health.saw(True)
         return result
 
@@ -226,7 +378,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.lrange(history_key, -limit, -1)
                 pipe.hget(turns_key, turn_id)
-                return await pipe.execute()
+                return list(await pipe.execute())
 
         raw, record = await self._run(both)
         return Context(
@@ -245,8 +397,48 @@ class RedisStore:
             self._max_turns,
             *encoded,
         ]
-        reply = await self._run(lambda: self._append(keys=session_keys(session_id), args=args))
+        keys = session_keys(session_id)
+        if self._wait_replicas:
+            reply = await self._run(lambda: self._append_and_wait(keys, args))
+        else:
+            reply = await self._run(lambda: self._append(keys=keys, args=args))
         return None if reply[0] == 1 else bytes(reply[1]).decode()
+
+    async def _append_and_wait(self, keys: list[str], args: list[str | int]) -> Any:
+        """APPEND_SCRIPT then WAIT, pipelined on one connection to the session's master.
+
+        WAIT counts the replicas that have every write of its own connection, so both must
+        travel together; a cluster pipeline would otherwise route WAIT to another node.
+        """
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                target = {}
+                if self._topology.kind == "cluster":
+                    target = {"target_nodes": self._redis.get_node_from_key(keys[0])}
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **target)
+                if self._topology.kind == "cluster":
+                    # A redirected script would run on another connection than the WAIT.
+                    reply, acked = await pipe.execute(
+                        raise_on_error=False, allow_redirections=False
+                    )
+                else:
+                    reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                # A promoted replica or a restarted server has no script cache: load it there.
+                await self._redis.script_load(APPEND_SCRIPT)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < self._wait_replicas:
+                raise StoreUnavailable(
+                    f"only {acked} of {self._wait_replicas} replicas acknowledged the write "
+                    f"within {self._wait_timeout_ms} ms"
+                )
+            return reply
+        raise StoreUnavailable("the append script could not be loaded")
 
     async def page(self, session_id: str, limit: int, before: int | None) -> Page | None:
         keys = session_keys(session_id)[:2]
@@ -262,6 +454,24 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
+
+
+def _reason(err: BaseException) -> str:
+    """Why a store call failed, for logs; a TLS verification failure says what to check."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (
+                f"TLS verification of the session store failed ({seen.verify_message}): "
+                "check AGENT_SESSION_CA_FILE and the server's certificate"
+            )
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake with the session store failed ({seen.reason})"
+        seen = seen.__cause__ or seen.__context__
+    return type(err).__name__
 
 
 @dataclass
@@ -339,6 +549,9 @@ def open_store(
     max_messages: int = 1000,
     timeout_s: float = 1.0,
     health: StoreHealth | None = None,
+    tls: TlsFiles | None = None,
+    wait_replicas: int = 0,
+    wait_timeout_s: float = 0.5,
 ) -> SessionStore:
     """A store for the URL's scheme (already validated by the settings)."""
     if url.startswith("memory://"):
@@ -351,4 +564,13 @@ def open_store(
             health.saw(True)
             store.health = health
         return store
-    return RedisStore(url, ttl_s, max_messages=max_messages, timeout_s=timeout_s, health=health)
+    return RedisStore(
+        url,
+        ttl_s,
+        max_messages=max_messages,
+        timeout_s=timeout_s,
+        health=health,
+        tls=tls,
+        wait_replicas=wait_replicas,
+        wait_timeout_s=wait_timeout_s,
+    )
