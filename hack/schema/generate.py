@@ -76,6 +76,9 @@ MAPPINGS = (
     Mapping("max_body_bytes", chart="server.maxBodyBytes"),
     Mapping("max_message_chars", chart="server.maxMessageChars"),
     Mapping(
+        "budget_turn_tokens", crd="clients.turnReserveTokens", chart="clients.turnReserveTokens"
+    ),
+    Mapping(
         "port",
         chart="server.port",
         chart_minimum=(1024, "the container runs as non-root, so only unprivileged ports"),

@@ -129,6 +129,22 @@ True (non-empty) when the chart itself must create a Secret.
 {{/*
 Where the Secret's keys are mounted as files.
 */}}
+{{/*
+The items of the chart's (or the existing) Secret mounted as files under agent.secretDir.
+*/}}
+{{- define "agent.secretItems" -}}
+{{- $sessionUrlKey := include "agent.sessionUrlKey" . }}
+{{- $apiKeyKey := include "agent.modelApiKeyKey" . }}
+{{- if $sessionUrlKey }}
+- key: {{ $sessionUrlKey }}
+  path: session-url
+{{- end }}
+{{- if $apiKeyKey }}
+- key: {{ $apiKeyKey }}
+  path: model-api-key
+{{- end }}
+{{- end }}
+
 {{- define "agent.secretDir" -}}
 /etc/moorage/secrets
 {{- end }}

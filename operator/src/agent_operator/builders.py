@@ -100,6 +100,12 @@ def config_data(spec: AgentSpec) -> dict[str, str]:
         "AGENT_MAX_BODY_BYTES": "65536",
         "AGENT_MAX_MESSAGE_CHARS": "8000",
     }
+    clients = spec.clients
+    if clients.session_budget_tokens:
+        data["AGENT_BUDGET_SESSION_TOKENS"] = str(clients.session_budget_tokens)
+    if clients.client_daily_budget_tokens:
+        data["AGENT_BUDGET_CLIENT_DAILY_TOKENS"] = str(clients.client_daily_budget_tokens)
+    data["AGENT_BUDGET_TURN_TOKENS"] = str(clients.turn_reserve_tokens)
     if spec.model.base_url:
         data["AGENT_MODEL_BASE_URL"] = spec.model.base_url
     if spec.session.url_secret_ref is None:
@@ -137,6 +143,9 @@ def _secret_files(spec: AgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
         out.append((spec.session.url_secret_ref, "session-url", "AGENT_SESSION_URL_FILE"))
     if spec.model_api_key_secret_ref is not None:
         out.append((spec.model_api_key_secret_ref, "model-api-key", "AGENT_MODEL_API_KEY_FILE"))
+    if spec.clients.api_keys_secret_ref is not None:
+        # In a volume, not a subPath: the kubelet swaps in a rotated Secret, the service rereads.
+        out.append((spec.clients.api_keys_secret_ref, "api-keys", "AGENT_API_KEYS_FILE"))
     return out
 
 

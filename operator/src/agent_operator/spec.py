@@ -82,6 +82,7 @@ SERVICE_BOUNDS: dict[str, tuple[int, int]] = {
     "model.requestTimeoutSeconds": (1, 3600),
     "session.ttlSeconds": (60, 7776000),
     "termination.shutdownTimeoutSeconds": (1, 3600),
+    "clients.turnReserveTokens": (1, 10000000),
 }
 # END GENERATED
 
@@ -143,6 +144,16 @@ class Session:
 
 
 @dataclass(frozen=True)
+class Clients:
+    """Client API keys and token budgets (0: no budget)."""
+
+    api_keys_secret_ref: SecretKeyRef | None = None
+    session_budget_tokens: int = 0
+    client_daily_budget_tokens: int = 0
+    turn_reserve_tokens: int = 4096
+
+
+@dataclass(frozen=True)
 class GatePrompt:
     """One smoke prompt: the new pod's answer must contain and/or match, within a latency."""
 
@@ -196,6 +207,7 @@ class AgentSpec:
     model: Model = field(default_factory=Model)
     model_api_key_secret_ref: SecretKeyRef | None = None
     session: Session = field(default_factory=Session)
+    clients: Clients = field(default_factory=Clients)
     resources: dict[str, dict[str, str]] = field(default_factory=_default_resources)
     env: tuple[dict[str, Any], ...] = ()
     rollout: Rollout = field(default_factory=Rollout)
@@ -206,7 +218,11 @@ class AgentSpec:
 
     def secret_refs(self) -> list[SecretKeyRef]:
         """Every Secret key the pods need, in a stable order."""
-        refs = [self.model_api_key_secret_ref, self.session.url_secret_ref]
+        refs = [
+            self.model_api_key_secret_ref,
+            self.session.url_secret_ref,
+            self.clients.api_keys_secret_ref,
+        ]
         return [ref for ref in refs if ref is not None]
 
 
@@ -240,6 +256,7 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
     auto = raw.get("autoscaling") or {}
     model = raw.get("model") or {}
     session = raw.get("session") or {}
+    clients = raw.get("clients") or {}
     rollout = raw.get("rollout") or {}
     pdb = raw.get("disruptionBudget") or {}
     termination = raw.get("termination") or {}
@@ -277,6 +294,12 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
             url_secret_ref=_ref(session.get("urlSecretRef")),
             ttl_seconds=_int(session, "ttlSeconds", 86400),
         ),
+        clients=Clients(
+            api_keys_secret_ref=_ref(clients.get("apiKeysSecretRef")),
+            session_budget_tokens=_int(clients, "sessionBudgetTokens", 0),
+            client_daily_budget_tokens=_int(clients, "clientDailyBudgetTokens", 0),
+            turn_reserve_tokens=_int(clients, "turnReserveTokens", 4096),
+        ),
         resources=(
             {k: {rk: str(rv) for rk, rv in v.items()} for k, v in resources.items()}
             if isinstance(resources, Mapping)
@@ -312,6 +335,7 @@ def _bounded_values(spec: AgentSpec) -> dict[str, int]:
         "model.requestTimeoutSeconds": spec.model.request_timeout_seconds,
         "session.ttlSeconds": spec.session.ttl_seconds,
         "termination.shutdownTimeoutSeconds": spec.termination.shutdown_timeout_seconds,
+        "clients.turnReserveTokens": spec.clients.turn_reserve_tokens,
     }
 
 
@@ -389,9 +413,19 @@ def validate(spec: AgentSpec) -> list[str]:
     for label, ref in (
         ("spec.modelApiKeySecretRef", spec.model_api_key_secret_ref),
         ("spec.session.urlSecretRef", spec.session.url_secret_ref),
+        ("spec.clients.apiKeysSecretRef", spec.clients.api_keys_secret_ref),
     ):
         if ref is not None and (not ref.name or not ref.key):
             problems.append(f"{label} must name a Secret and a key in it")
+    for label, budget in (
+        ("sessionBudgetTokens", spec.clients.session_budget_tokens),
+        ("clientDailyBudgetTokens", spec.clients.client_daily_budget_tokens),
+    ):
+        if budget and spec.clients.turn_reserve_tokens > budget:
+            problems.append(
+                f"spec.clients.turnReserveTokens must not exceed clients.{label}: "
+                "no turn could ever run"
+            )
     if spec.session.url is not None and spec.session.url_secret_ref is not None:
         problems.append("spec.session: set url or urlSecretRef, not both")
     if spec.session.url is not None and not _SESSION_URL_RE.match(spec.session.url):

@@ -16,7 +16,7 @@ from agent_operator.builders import (
     config_checksum,
     selector_string,
 )
-from agent_operator.spec import parse_spec
+from agent_operator.spec import parse_spec, validate
 
 OWNER = Owner(name="demo", namespace="team-a", uid="1234-abcd")
 
@@ -218,3 +218,35 @@ def test_children_are_valid_kubernetes_objects():
     for _, _, obj in build_children(OWNER, full):
         assert obj is not None
         kubernetes_validate.validate(obj, "1.35", strict=True)
+
+
+def test_client_api_keys_are_a_file_in_the_secrets_volume_and_budgets_are_config():
+    built = spec(
+        session={"urlSecretRef": {"name": "s", "key": "u"}},
+        clients={
+            "apiKeysSecretRef": {"name": "clients", "key": "keys"},
+            "sessionBudgetTokens": 5000,
+            "turnReserveTokens": 1000,
+        },
+    )
+    pod = build_deployment(OWNER, built)["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["AGENT_API_KEYS_FILE"] == "/etc/moorage/secrets/api-keys"
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
+    assert volume["projected"]["sources"][-1]["secret"] == {
+        "name": "clients",
+        "items": [{"key": "keys", "path": "api-keys"}],
+    }
+    data = build_configmap(OWNER, built)["data"]
+    assert data["AGENT_BUDGET_SESSION_TOKENS"] == "5000"
+    assert data["AGENT_BUDGET_TURN_TOKENS"] == "1000"
+    assert "AGENT_BUDGET_CLIENT_DAILY_TOKENS" not in data
+
+
+def test_a_turn_reservation_larger_than_a_budget_is_an_invalid_spec():
+    problems = validate(spec(clients={"sessionBudgetTokens": 100, "turnReserveTokens": 101}))
+    assert problems == [
+        "spec.clients.turnReserveTokens must not exceed clients.sessionBudgetTokens: "
+        "no turn could ever run"
+    ]
+    assert validate(spec(clients={"sessionBudgetTokens": 100, "turnReserveTokens": 100})) == []
