@@ -10,16 +10,21 @@ from fastapi import FastAPI
 
 from agent_service import __version__
 from agent_service.agent import Agent
+from agent_service.auth import ApiKeys, warn_if_open
+from agent_service.budgets import BudgetPolicy, open_budgets
 from agent_service.config import Settings
 from agent_service.deps import AppState
 from agent_service.errors import install_error_handlers
 from agent_service.lifecycle import Lifecycle, drain_on_sigterm, warm_up, watch_store
 from agent_service.metrics import CountTurnsInFlight, Metrics
 from agent_service.middleware import ShellMiddleware
+from agent_service.ownership import open_owners
 from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
 from agent_service.store import StoreHealth, TlsFiles, open_store
 from agent_service.tools import BUILTIN_TOOLS
+from agent_service.tracing import start_tracing, stop_tracing
+from agent_service.usage import UsageMeter
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -43,7 +48,16 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             wait_timeout_s=settings.session_replica_timeout_s,
         )
         model = open_model(settings)
-        agent = Agent(model, BUILTIN_TOOLS, settings.max_steps, settings.model_timeout_s, metrics)
+        agent = Agent(
+            model,
+            BUILTIN_TOOLS,
+            settings.max_steps,
+            settings.model_timeout_s,
+            metrics,
+            settings.model,
+        )
+        warn_if_open(settings.api_keys_file, settings.host)
+        tracer_provider = start_tracing()
 
         async def check_store() -> None:
             await warm_up(store, lifecycle)
@@ -55,7 +69,21 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         uninstall_drain = drain_on_sigterm(lifecycle, settings.drain_delay_s)
         try:
             yield AppState(
-                settings=settings, store=store, agent=agent, lifecycle=lifecycle, metrics=metrics
+                settings=settings,
+                store=store,
+                agent=agent,
+                lifecycle=lifecycle,
+                metrics=metrics,
+                api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
+                owners=open_owners(store, settings.session_ttl_s),
+                budgets=open_budgets(store, settings.request_timeout_s),
+                budget_policy=BudgetPolicy(
+                    settings.budget_session_tokens,
+                    settings.budget_client_daily_tokens,
+                    settings.budget_turn_tokens,
+                    settings.session_ttl_s,
+                ),
+                usage=UsageMeter(metrics, settings.model_prices),
             )
         finally:
             uninstall_drain()
@@ -64,6 +92,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
                 await warming
             await model.aclose()
             await store.aclose()
+            stop_tracing(tracer_provider)
             metrics.close()
 
     app = FastAPI(

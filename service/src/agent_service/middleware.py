@@ -130,6 +130,7 @@ class ShellMiddleware:
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                         "session_id": state.get("session_id"),
+                        "client": state.get("client"),
                     },
                 )
 

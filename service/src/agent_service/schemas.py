@@ -31,6 +31,14 @@ class ToolCallOut(BaseModel):
     result: str
 
 
+class UsageOut(BaseModel):
+    """Tokens a turn used (all its model calls), and their cost when a price is configured."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = Field(None, description="Only for models in AGENT_MODEL_PRICES.")
+
+
 class ChatResponse(BaseModel):
     """The agent's answer to one turn."""
 
@@ -39,6 +47,8 @@ class ChatResponse(BaseModel):
     steps: int
     stop_reason: Literal["complete", "max_steps"]
     tool_calls: list[ToolCallOut]
+    # A default for answers stored before usage was recorded (Idempotency-Key replays).
+    usage: UsageOut = Field(default_factory=UsageOut)
     request_id: str
 
 
@@ -49,6 +59,7 @@ class MessageOut(BaseModel):
     content: str
     ts: float
     steps: int | None = None
+    usage: UsageOut | None = Field(None, description="Assistant messages: the turn's usage.")
     seq: int = Field(description="Position in the session, from 0; trimmed ones are not reused.")
 
 

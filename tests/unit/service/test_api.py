@@ -207,8 +207,12 @@ def test_a_turn_streams_tool_calls_then_the_reply_as_server_sent_events(
         (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1][6:]))
         for block in text.strip().split("\n\n")
     ]
-    assert [name for name, _ in events] == ["session", "tool_call", "tool_result", "reply"]
+    names = [name for name, _ in events]
+    assert names == ["session", "tool_call", "tool_result", "delta", "delta", "reply"]
+    # The echo model streams its reply word by word; the deltas add up to the reply.
+    assert "".join(data["content"] for name, data in events if name == "delta") == "calc: 2"
     assert events[-1][1]["content"] == "calc: 2"
+    assert events[-1][1]["usage"]["output_tokens"] > 0
     assert len(client.get("/v1/sessions/streamed").json()["messages"]) == 2
 
 

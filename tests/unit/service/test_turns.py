@@ -67,7 +67,14 @@ def test_a_streamed_repeat_of_a_key_replays_the_stored_reply(client: TestClient)
     headers = {"Idempotency-Key": "s-1"}
     first = client.post("/v1/chat/stream", json=body, headers=headers)
     again = client.post("/v1/chat/stream", json=body, headers=headers)
-    assert [n for n, _ in _events(first.text)] == ["session", "tool_call", "tool_result", "reply"]
+    assert [n for n, _ in _events(first.text)] == [
+        "session",
+        "tool_call",
+        "tool_result",
+        "delta",
+        "delta",
+        "reply",
+    ]
     assert _events(again.text) == [
         ("session", {"session_id": "idem-stream"}),
         ("reply", _events(first.text)[-1][1]),

@@ -19,21 +19,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from agent_service.agent import Agent, ModelTimeout
-from agent_service.deps import AppState, StateDep
+from agent_service.agent import Agent, ModelTimeout, TurnUsage
+from agent_service.budgets import BudgetExceeded, Reservation
+from agent_service.deps import AppState, StateDep, authenticate, client_of
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.lifecycle import Phase
 from agent_service.metrics import Metrics
 from agent_service.providers import Message, ModelError
 from agent_service.schemas import IDEMPOTENCY_KEY_PATTERN, ChatRequest, ChatResponse
-from agent_service.store import SessionStore
+from agent_service.store import SessionStore, StoreUnavailable, session_tag
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["chat"])
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(authenticate)])
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (413, 422, 502, 503, 504)
+    status: {"model": ErrorBody} for status in (401, 404, 413, 422, 429, 502, 503, 504)
 }
 # One server-sent event, as OpenAPI 3.2 describes an event stream's items.
 SSE_EVENT_SCHEMA: dict[str, Any] = {
@@ -49,6 +50,8 @@ OUTCOMES = frozenset(
         "ok",
         "replayed",
         "starting",
+        "session-not-found",
+        "budget-exceeded",
         "message-too-long",
         "invalid-idempotency-key",
         "idempotency-key-reused",
@@ -139,10 +142,50 @@ class Turn:
     agent: Agent
     store: SessionStore
     metrics: Metrics
+    client: str | None
+    state: AppState
 
     def count(self, outcome: str) -> None:
         """Count the turn's outcome once it is known."""
         self.metrics.turns.labels(self.mode, outcome if outcome in OUTCOMES else "internal").inc()
+
+    async def reserve(self) -> Spend:
+        """Reserve the turn's tokens in its budgets: 429 `budget-exceeded` when one is spent."""
+        policy = self.state["budget_policy"]
+        spend = Spend(TurnUsage())
+        budgets = policy.budgets(session_tag(self.session_id), self.client)
+        if not budgets:
+            return spend
+        try:
+            with store_unavailable_is_503(self.metrics, "budget"), _turn_timeout():
+                async with asyncio.timeout_at(self.deadline):
+                    spend.reservation = await self.state["budgets"].reserve(
+                        budgets, policy.turn_tokens
+                    )
+        except BudgetExceeded as err:
+            self.metrics.budget_refusals.labels(err.scope).inc()
+            raise ApiError(
+                429,
+                "budget-exceeded",
+                f"{err}; retry after {err.retry_after_s} s",
+                {"Retry-After": str(err.retry_after_s)},
+            ) from None
+        return spend
+
+    async def settle(self, spend: Spend) -> dict[str, Any]:
+        """Count what the turn used (metrics, budgets), once; the answer's `usage` object."""
+        if spend.answer is not None:
+            return spend.answer
+        used = spend.used
+        spend.answer = self.state["usage"].record(self.client, used.model, used.usage)
+        if spend.reservation is not None:
+            try:
+                await self.state["budgets"].settle(spend.reservation, used.usage)
+            except StoreUnavailable:
+                # The reservation's lease ends by itself; this turn's tokens go unrecorded.
+                self.metrics.store_errors.labels("budget").inc()
+                log.warning("a turn's token usage could not be recorded in its budgets")
+        return spend.answer
 
     async def save(self, answer: dict[str, Any]) -> dict[str, Any]:
         """Store the turn once; the answer to give: this one, or the one stored before."""
@@ -162,12 +205,22 @@ class Turn:
                         "content": answer["reply"],
                         "ts": now,
                         "steps": answer["steps"],
+                        "usage": answer["usage"],
                     },
                 ),
             )
         if prior:  # a concurrent turn with the same key was stored first: its answer counts
             return dict(json.loads(prior)["a"])
         return answer
+
+
+@dataclass
+class Spend:
+    """A turn's reservation in its budgets and what it used; settled once, however it ends."""
+
+    used: TurnUsage
+    reservation: Reservation | None = None
+    answer: dict[str, Any] | None = None
 
 
 IdempotencyKey = Annotated[
@@ -206,8 +259,16 @@ async def begin_turn(
         session_id = body.session_id or secrets.token_urlsafe(16)
         request.state.session_id = session_id
         turn_id = "k:" + idempotency_key if idempotency_key else "t:" + secrets.token_hex(8)
+        client = client_of(request)
         with store_unavailable_is_503(metrics, "read"), _turn_timeout():
             async with asyncio.timeout_at(deadline):
+                # A session belongs to the client whose turn created it; to others it is unknown.
+                if client is not None and not await state["owners"].claim(
+                    session_tag(session_id), client
+                ):
+                    raise ApiError(
+                        404, "session-not-found", "no such session (it may have expired)"
+                    )
                 context = await store.context(
                     session_id, settings.context_messages, turn_id if idempotency_key else None
                 )
@@ -236,6 +297,8 @@ async def begin_turn(
         state["agent"],
         store,
         metrics,
+        client,
+        state,
     )
 
 
@@ -258,16 +321,19 @@ async def chat(
         turn.count("replayed")
     else:
         outcome = "internal"
+        spend: Spend | None = None
         try:
+            spend = await turn.reserve()
             with _turn_timeout():
                 async with asyncio.timeout_at(turn.deadline):
-                    result = await turn.agent.run(turn.history, turn.message)
+                    result = await turn.agent.run(turn.history, turn.message, spend.used)
                     own = {
                         "session_id": turn.session_id,
                         "reply": result.reply,
                         "steps": result.steps,
                         "stop_reason": result.stop_reason,
                         "tool_calls": result.tool_calls,
+                        "usage": await turn.settle(spend),
                     }
                     answer = await turn.save(own)
             outcome = "ok" if answer is own else "replayed"
@@ -281,6 +347,8 @@ async def chat(
             outcome = "cancelled"
             raise
         finally:
+            if spend is not None:
+                await turn.settle(spend)  # a failed turn's model calls count too
             turn.count(outcome)
         if outcome == "ok":
             return _json(ChatResponse(**answer, request_id=request.state.request_id))
@@ -305,6 +373,13 @@ async def chat_stream(
     A turn whose client disconnects before its end is not stored.
     """
     turn = await begin_turn(body, request, state, idempotency_key)
+    spend: Spend | None = None
+    if turn.replay is None:
+        try:
+            spend = await turn.reserve()  # before the stream starts: a refusal is a real 429
+        except ApiError as err:
+            turn.count(err.reason)
+            raise
 
     async def events() -> AsyncIterator[str]:
         outcome = "client-gone"  # unless the turn gets further
@@ -316,10 +391,13 @@ async def chat_stream(
                 return
             final: dict[str, Any] = {}
             calls: list[dict[str, Any]] = []
+            assert spend is not None  # reserved unless the answer is a replay
             try:
                 with _turn_timeout():
                     async with asyncio.timeout_at(turn.deadline):
-                        async for event in turn.agent.events(turn.history, turn.message):
+                        async for event in turn.agent.events(
+                            turn.history, turn.message, stream=True, used=spend.used
+                        ):
                             if event["type"] == "reply":
                                 final = event
                                 continue
@@ -336,6 +414,7 @@ async def chat_stream(
                             "steps": final["steps"],
                             "stop_reason": final["stop_reason"],
                             "tool_calls": calls,
+                            "usage": await turn.settle(spend),
                         }
                         answer = await turn.save(own)
             except ApiError as err:
@@ -354,6 +433,8 @@ async def chat_stream(
             outcome = "ok" if answer is own else "replayed"
             yield _sse("reply", _reply_event(answer))
         finally:
+            if spend is not None:
+                await turn.settle(spend)  # also when the client left mid-stream
             turn.count(outcome)
 
     return StreamingResponse(
@@ -373,7 +454,9 @@ def _turn_timeout() -> Iterator[None]:
 
 
 def _json(answer: ChatResponse, headers: dict[str, str] | None = None) -> Response:
-    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(
+        answer.model_dump_json(exclude_none=True), media_type="application/json", headers=headers
+    )
 
 
 def _reply_event(answer: dict[str, Any]) -> dict[str, Any]:
@@ -382,6 +465,7 @@ def _reply_event(answer: dict[str, Any]) -> dict[str, Any]:
         "content": answer["reply"],
         "steps": answer["steps"],
         "stop_reason": answer["stop_reason"],
+        "usage": answer.get("usage") or {"input_tokens": 0, "output_tokens": 0},
     }
 
 

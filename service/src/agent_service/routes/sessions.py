@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from agent_service.deps import StateDep
+from agent_service.deps import AppState, StateDep, authenticate, client_of
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.schemas import (
     HISTORY_PAGE_DEFAULT,
@@ -14,11 +14,26 @@ from agent_service.schemas import (
     SESSION_ID_PATTERN,
     SessionOut,
 )
+from agent_service.store import session_tag
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(authenticate)])
 
 SessionPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
-_ERRORS: dict[int | str, dict[str, object]] = {s: {"model": ErrorBody} for s in (404, 422, 503)}
+_ERRORS: dict[int | str, dict[str, object]] = {
+    s: {"model": ErrorBody} for s in (401, 404, 422, 503)
+}
+_NOT_FOUND = ("session-not-found", "no such session (it may have expired)")
+
+
+async def _check_owner(request: Request, state: AppState, session_id: str) -> None:
+    """With client authentication on, another client's session is unknown (404)."""
+    client = client_of(request)
+    if client is None:
+        return
+    with store_unavailable_is_503(state["metrics"], "read"):
+        owner = await state["owners"].owner(session_tag(session_id))
+    if owner != client:
+        raise ApiError(404, *_NOT_FOUND)
 
 
 @router.get(
@@ -36,6 +51,7 @@ async def get_session(
     Answers within AGENT_STORE_TIMEOUT_S (one store call), else 503 `store-unavailable`.
     """
     request.state.session_id = session_id
+    await _check_owner(request, state, session_id)
     with store_unavailable_is_503(state["metrics"], "read"):
         page = await state["store"].page(session_id, limit, before)
     if page is None:
@@ -55,8 +71,11 @@ async def get_session(
 async def delete_session(session_id: SessionPath, request: Request, state: StateDep) -> Response:
     """Forget a session."""
     request.state.session_id = session_id
+    await _check_owner(request, state, session_id)
     with store_unavailable_is_503(state["metrics"], "delete"):
         deleted = await state["store"].delete(session_id)
+        if client_of(request) is not None:
+            await state["owners"].forget(session_tag(session_id))
     if not deleted:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     return Response(status_code=204)
