@@ -1,4 +1,5 @@
--- POST /v1/chat turns on sessions drawn at random from a pool (default 10,000).
+-- POST chat turns to the URL's path (/v1/chat or /v1/chat/stream) on sessions drawn at random
+-- from a pool (default 10,000).
 -- Usage: wrk ... -s chat.lua URL -- [pool size]
 -- Bodies are built once per thread, so the Lua side costs one table lookup per request.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
@@ -19,7 +20,7 @@ function init(args)
   local headers = { ["Content-Type"] = "application/json" }
   for i = 1, pool do
     local body = string.format('{"session_id":"bench-%05d","message":"hello moorage %d"}', i - 1, i)
-    requests[i] = wrk.format("POST", "/v1/chat", headers, body)
+    requests[i] = wrk.format("POST", nil, headers, body)  -- the path of the URL given to wrk
   end
 end
 

@@ -17,15 +17,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+from procstat import RssSampler, cpu_seconds, process_tree, rss_kib
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NS = "moorage-system"
@@ -63,68 +62,6 @@ class Kubectl:
             check=check,
             timeout=300,
         ).stdout
-
-
-def _process_tree(pid: int) -> Iterator[int]:
-    """`pid` and its live descendants (uv run → python), read from /proc."""
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            # Every thread's children: uv spawns the interpreter from a worker thread.
-            children = [
-                int(child)
-                for task in Path(f"/proc/{current}/task").iterdir()
-                for child in (task / "children").read_text().split()
-            ]
-        except OSError:
-            continue
-        yield current
-        pending.extend(children)
-
-
-def _proc_file(pid: int, name: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_text()
-    except OSError:
-        return ""  # the process ended meanwhile: it counts for nothing
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set of `pid` and its descendants, in KiB."""
-    return sum(
-        int(line.split()[1])
-        for current in _process_tree(pid)
-        for line in _proc_file(current, "status").splitlines()
-        if line.startswith("VmRSS:")
-    )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` and its descendants so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for current in _process_tree(pid):
-        stat = _proc_file(current, "stat")
-        if stat:
-            fields = stat.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
-
-
-class RssSampler(threading.Thread):
-    """Samples the operator's RSS every 100 ms; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = 0
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        """Sample until stopped."""
-        while not self.stopped.wait(0.1):
-            self.peak = max(self.peak, rss_kib(self.pid))
 
 
 def agent_manifest(name: str, image: str) -> dict[str, Any]:
@@ -253,16 +190,15 @@ def main() -> int:
             except OSError:
                 time.sleep(0.5)
         time.sleep(2)
-        idle_rss = rss_kib(proc.pid)
-        sampler = RssSampler(proc.pid)
-        sampler.start()
-        for count in (int(c) for c in args.counts.split(",")):
-            cpu_before = cpu_seconds(proc.pid)
-            rounds.append(run_round(kubectl, namespace, count))
-            rounds[-1]["operator_cpu_seconds"] = round(cpu_seconds(proc.pid) - cpu_before, 2)
-            print(json.dumps(rounds[-1]))
-        sampler.stopped.set()
-        after_rss = rss_kib(proc.pid)
+        idle_rss = rss_kib(process_tree(proc.pid))
+        with RssSampler([proc.pid], interval_s=0.1, tree=True) as sampler:
+            for count in (int(c) for c in args.counts.split(",")):
+                cpu_before = cpu_seconds(process_tree(proc.pid))
+                rounds.append(run_round(kubectl, namespace, count))
+                cpu_used = cpu_seconds(process_tree(proc.pid)) - cpu_before
+                rounds[-1]["operator_cpu_seconds"] = round(cpu_used, 2)
+                print(json.dumps(rounds[-1]))
+        after_rss = rss_kib(process_tree(proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -279,7 +215,7 @@ def main() -> int:
         },
         "cluster": "kwokctl binary runtime (fake kwok nodes: pods Ready without running)",
         "rounds": rounds,
-        "operator_rss_kib": {"idle": idle_rss, "peak": sampler.peak, "after": after_rss},
+        "operator_rss_kib": {"idle": idle_rss, "peak": sampler.peak[proc.pid], "after": after_rss},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The bench's floor app is a fair baseline: per chat turn it does the service's Redis work."""
+"""The bench's baselines are fair: per chat turn each does the service's Redis work, no less."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ FLOOR = Path(__file__).resolve().parents[2] / "hack" / "bench" / "floor.py"
 _NOT_TURN_WORK = ("auth", "client", "hello", "ping", "select", "info", "config")
 
 
-@pytest.fixture
-def floor_url(redis_server: Redis, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["asgi", "fastapi"])
+def floor_url(redis_server: Redis, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The floor (`asgi`) or the plain FastAPI app, each as `make bench` runs it."""
     port = free_port()
+    argv = [sys.executable, str(FLOOR), "--port", str(port), "--redis-url", redis_server.url]
     with (tmp_path / "floor.log").open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(FLOOR), "--port", str(port), "--redis-url", redis_server.url],
+            [*argv, "--framework", request.param],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -22,7 +22,11 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 TARGETS = (
     "chat throughput vs floor",
     "chat p99 vs floor",
+    "chat throughput vs plain FastAPI",
     "slow model vs ideal",
+    "streamed turns vs ideal",
+    "memory per in-flight stream (KiB)",
+    "streamed turns with errors",
     "cold start median (s)",
     "idle RSS per worker (MiB)",
 )
@@ -71,15 +75,21 @@ def test_quick_make_bench_measures_every_scenario_and_prints_each_target(tmp_pat
         ("healthz", "floor"),
         ("chat", "service"),
         ("chat", "floor"),
+        ("chat", "fastapi"),
         ("slow", "service"),
         ("slow", "floor"),
         ("workers", "w2"),
+        ("stream", "service"),
     }
     for key, row in measured.items():
         assert row["requests"] > 0, key
     # Every answer was a success: e.g. no 503 when 256 connections burst onto the store.
     for run in summary["runs"]:
         assert run["errors"]["status"] == 0, run
+    # The streamed turns ran to their end: a connection's turn each model latency, no timeouts.
+    (stream,) = [run for run in summary["runs"] if run["scenario"] == "stream"]
+    assert stream["errors"] == dict.fromkeys(stream["errors"], 0), stream
+    assert stream["rss_peak_mib"][0] > stream["rss_idle_mib"][0] > 0
     assert len(summary["cold_start_s"]["service"]) == 2
     assert all(v > 0 for v in summary["rss_mib"]["idle_w2"])
     assert len(summary["rss_mib"]["idle_w2"]) == 2

@@ -156,6 +156,7 @@ def test_a_streamed_turn_whose_write_fails_ends_with_an_error_and_is_not_counted
     assert 'agent_turns_total{mode="stream",outcome="store-unavailable"} 1.0' in metrics
     assert 'agent_turns_total{mode="whole",outcome="store-unavailable"} 1.0' in metrics
     assert 'agent_turns_total{mode="stream",outcome="ok"}' not in metrics
+    assert 'agent_store_errors_total{operation="write"} 2.0' in metrics
 
 
 class _Switchable(MemoryStore):
