@@ -77,9 +77,15 @@ class TurnWork:
             await asyncio.sleep(self.latency_s)
         reply = f"echo: {message}"
         now = time.time()
+        # The echo model's usage: words of the prompt (history read + message) and of the reply.
+        prompt = sum(len(str(m.get("content") or "").split()) for m in history)
+        usage = {"input_tokens": prompt + len(message.split()), "output_tokens": len(reply.split())}
         messages = [
             json.dumps({"role": "user", "content": message, "ts": now}, **_COMPACT),
-            json.dumps({"role": "assistant", "content": reply, "ts": now, "steps": 1}, **_COMPACT),
+            json.dumps(
+                {"role": "assistant", "content": reply, "ts": now, "steps": 1, "usage": usage},
+                **_COMPACT,
+            ),
         ]
         turn_id = secrets.token_urlsafe(16)
         args = [turn_id, "", self.ttl_s, MAX_MESSAGES, MAX_MESSAGES // 2, *messages]

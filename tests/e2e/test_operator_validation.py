@@ -54,9 +54,24 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
         "enabled": False,
         "minReplicas": 2,
         "maxReplicas": 10,
+        "metric": "cpu",
         "targetCPUUtilizationPercentage": 70,
+        "targetTurnsInFlightPerPod": 20,
+        # Fast up, slow and bounded down: a long turn outlives a short dip in load.
+        "scaleUpStabilizationSeconds": 0,
+        "scaleUpPods": 4,
+        "scaleUpPercent": 100,
+        "scaleUpPeriodSeconds": 15,
+        "scaleDownStabilizationSeconds": 300,
+        "scaleDownPods": 1,
+        "scaleDownPeriodSeconds": 60,
     }
-    assert spec["rollout"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert spec["rollout"] == {
+        "maxSurge": 1,
+        "maxUnavailable": 0,
+        "autoRollback": True,
+        "progressDeadlineSeconds": 600,
+    }
     assert spec["termination"] == {"drainDelaySeconds": 5, "shutdownTimeoutSeconds": 30}
 
 
@@ -98,6 +113,14 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
         (
             {"image": "a:1", "env": [{"name": "AGENT_PORT", "value": "1"}]},
             "env may not set AGENT_HOST, AGENT_PORT",
+        ),
+        (
+            {
+                "image": "a:1",
+                "model": {"requestTimeoutSeconds": 60},
+                "termination": {"shutdownTimeoutSeconds": 59},
+            },
+            "shutdownTimeoutSeconds must be at least model.requestTimeoutSeconds",
         ),
         ({"image": "a:1", "logLevel": "loud"}, 'Unsupported value: "loud"'),
         ({"image": "a:1", "model": {"baseUrl": "ftp://x"}}, "model.baseUrl must be an http"),
@@ -149,7 +172,11 @@ def test_invalid_objects_are_rejected_with_the_rules_message(
             "model": {"name": "openai:gpt-4o-mini", "timeoutSeconds": 30, "maxSteps": 64},
             "modelApiKeySecretRef": {"name": "llm", "key": "api-key"},
         },
-        {"image": "a:1", "model": {"timeoutSeconds": 3600, "requestTimeoutSeconds": 3600}},
+        {
+            "image": "a:1",
+            "model": {"timeoutSeconds": 3600, "requestTimeoutSeconds": 3600},
+            "termination": {"shutdownTimeoutSeconds": 3600},
+        },
     ],
     ids=["openai-with-key-at-the-limits", "equal-timeouts-at-the-service-maximum"],
 )
