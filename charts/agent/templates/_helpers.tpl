@@ -150,6 +150,13 @@ The items of the chart's (or the existing) Secret mounted as files under agent.s
 {{- end }}
 
 {{/*
+Where the session store's TLS files (session.tls) are mounted; the operator uses the same path.
+*/}}
+{{- define "agent.sessionTlsDir" -}}
+/etc/moorage/session-tls
+{{- end }}
+
+{{/*
 terminationGracePeriodSeconds: the preStop drain, then the service's shutdown timeout, then margin.
 */}}
 {{- define "agent.gracePeriod" -}}
@@ -184,7 +191,12 @@ Checks across values that a JSON schema cannot express; a failed one stops the r
 {{- fail "existingSecret.name is set, so session.url and model.apiKey must be empty: put them in that Secret" }}
 {{- end }}
 {{- if not (regexMatch (include "agent.sessionUrlPattern" .) .Values.session.url) }}
-{{- fail "session.url must be a redis:// or rediss:// URL naming a host, with a port from 1 to 65535 if any, and '/', '?' and '#' percent-encoded in its password (the value is not shown: it may hold a password)" }}
+{{- fail "session.url must be a redis:// or rediss:// URL (or redis[s]+sentinel://h1,h2/<master>, redis[s]+cluster://h1,h2) naming its hosts, with a port from 1 to 65535 if any, and '/', '?' and '#' percent-encoded in its password (the value is not shown: it may hold a password)" }}
+{{- end }}
+{{- $tls := .Values.session.tls }}
+{{- $urlFromSecret := and .Values.existingSecret.name .Values.existingSecret.sessionUrlKey }}
+{{- if and (or $tls.caSecret $tls.clientCertSecret) (not $urlFromSecret) (not (hasPrefix "rediss" (include "agent.sessionUrl" .))) }}
+{{- fail "session.tls applies only to a rediss… session URL: set session.url to a rediss:// (or rediss+sentinel://, rediss+cluster://) URL, or existingSecret.name with existingSecret.sessionUrlKey" }}
 {{- end }}
 {{- /* The service's own cross-field checks, so a bad value fails the install, not the pod. */}}
 {{- if gt (float64 .Values.model.timeoutSeconds) (float64 .Values.server.requestTimeoutSeconds) }}

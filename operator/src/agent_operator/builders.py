@@ -21,6 +21,8 @@ GATE_CONDITION = "moorage.dev/gate-passed"
 # gate (after a rollback too), and a new gate applies to new pods.
 GATE_ANNOTATION = "moorage.dev/gate"
 SECRETS_DIR = "/etc/moorage/secrets"
+# The session store's CA bundle and client certificate (the chart's session.tls), as files.
+SESSION_TLS_DIR = "/etc/moorage/session-tls"
 # Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
 GRACE_MARGIN_SECONDS = 5
 RUN_AS_ID = 10001
@@ -173,6 +175,25 @@ def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
     }
 
 
+def _session_tls(spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
+    """The AGENT_SESSION_*_FILE variables and the volume of a rediss… store's TLS files."""
+    tls = spec.session.tls
+    env: list[Obj] = []
+    sources: list[Obj] = []
+    if tls.ca_secret_ref is not None:
+        env.append({"name": "AGENT_SESSION_CA_FILE", "value": f"{SESSION_TLS_DIR}/ca.crt"})
+        items = [{"key": tls.ca_secret_ref.key, "path": "ca.crt"}]
+        sources.append({"secret": {"name": tls.ca_secret_ref.name, "items": items}})
+    if tls.client_cert_secret is not None:
+        env.append({"name": "AGENT_SESSION_CERT_FILE", "value": f"{SESSION_TLS_DIR}/tls.crt"})
+        env.append({"name": "AGENT_SESSION_KEY_FILE", "value": f"{SESSION_TLS_DIR}/tls.key"})
+        items = [{"key": key, "path": key} for key in ("tls.crt", "tls.key")]
+        sources.append({"secret": {"name": tls.client_cert_secret, "items": items}})
+    if not sources:
+        return env, None
+    return env, {"name": "session-tls", "projected": {"defaultMode": 0o440, "sources": sources}}
+
+
 def _topology_spread(name: str) -> list[Obj]:
     return [
         {
@@ -193,12 +214,19 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
     env: list[Obj] = [
         {"name": variable, "value": f"{SECRETS_DIR}/{path}"} for _, path, variable in files
     ]
+    tls_env, tls_volume = _session_tls(spec)
+    env.extend(tls_env)
     env.extend(dict(item) for item in spec.env)
     volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     volume_mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
     if files:
         volumes.append(_secrets_volume(files))
         volume_mounts.append({"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True})
+    if tls_volume is not None:
+        volumes.append(tls_volume)
+        volume_mounts.append(
+            {"name": "session-tls", "mountPath": SESSION_TLS_DIR, "readOnly": True}
+        )
     container: Obj = {
         "name": APP_NAME,
         "image": spec.image,

@@ -67,6 +67,9 @@ RESERVED_ENV = (
     "AGENT_MODEL_API_KEY_FILE",
     "AGENT_SESSION_URL",
     "AGENT_SESSION_URL_FILE",
+    "AGENT_SESSION_CA_FILE",
+    "AGENT_SESSION_CERT_FILE",
+    "AGENT_SESSION_KEY_FILE",
     "AGENT_DRAIN_DELAY_S",
     "AGENT_SHUTDOWN_TIMEOUT_S",
 )
@@ -135,12 +138,29 @@ class Model:
 
 
 @dataclass(frozen=True)
+class SessionTls:
+    """Files for a rediss… session URL: the CA bundle and a client certificate, from Secrets."""
+
+    ca_secret_ref: SecretKeyRef | None = None
+    # A kubernetes.io/tls Secret: its tls.crt and tls.key keys.
+    client_cert_secret: str | None = None
+
+    def refs(self) -> list[SecretKeyRef]:
+        """The Secret keys these files come from."""
+        refs = [] if self.ca_secret_ref is None else [self.ca_secret_ref]
+        if self.client_cert_secret is not None:
+            refs += [SecretKeyRef(self.client_cert_secret, k) for k in ("tls.crt", "tls.key")]
+        return refs
+
+
+@dataclass(frozen=True)
 class Session:
     """Where the agent keeps session history."""
 
     url: str | None = None
     url_secret_ref: SecretKeyRef | None = None
     ttl_seconds: int = 86400
+    tls: SessionTls = field(default_factory=SessionTls)
 
 
 @dataclass(frozen=True)
@@ -223,7 +243,7 @@ class AgentSpec:
             self.session.url_secret_ref,
             self.clients.api_keys_secret_ref,
         ]
-        return [ref for ref in refs if ref is not None]
+        return [ref for ref in refs if ref is not None] + self.session.tls.refs()
 
 
 def _ref(raw: Any) -> SecretKeyRef | None:
@@ -256,6 +276,8 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
     auto = raw.get("autoscaling") or {}
     model = raw.get("model") or {}
     session = raw.get("session") or {}
+    session_tls = session.get("tls") or {}
+    client_cert = session_tls.get("clientCertSecretRef")
     clients = raw.get("clients") or {}
     rollout = raw.get("rollout") or {}
     pdb = raw.get("disruptionBudget") or {}
@@ -293,6 +315,12 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
             url=session.get("url"),
             url_secret_ref=_ref(session.get("urlSecretRef")),
             ttl_seconds=_int(session, "ttlSeconds", 86400),
+            tls=SessionTls(
+                ca_secret_ref=_ref(session_tls.get("caSecretRef")),
+                client_cert_secret=(
+                    str(client_cert.get("name", "")) if isinstance(client_cert, Mapping) else None
+                ),
+            ),
         ),
         clients=Clients(
             api_keys_secret_ref=_ref(clients.get("apiKeysSecretRef")),
@@ -414,9 +442,19 @@ def validate(spec: AgentSpec) -> list[str]:
         ("spec.modelApiKeySecretRef", spec.model_api_key_secret_ref),
         ("spec.session.urlSecretRef", spec.session.url_secret_ref),
         ("spec.clients.apiKeysSecretRef", spec.clients.api_keys_secret_ref),
+        ("spec.session.tls.caSecretRef", spec.session.tls.ca_secret_ref),
     ):
         if ref is not None and (not ref.name or not ref.key):
             problems.append(f"{label} must name a Secret and a key in it")
+    if spec.session.tls.client_cert_secret == "":
+        problems.append("spec.session.tls.clientCertSecretRef must name a Secret")
+    # A URL from a Secret is the service's to check (at start, naming the setting).
+    plain_url = not (spec.session.url or "").startswith("rediss")
+    if spec.session.tls.refs() and spec.session.url_secret_ref is None and plain_url:
+        problems.append(
+            "spec.session.tls applies only to a rediss… session URL "
+            "(set session.url or session.urlSecretRef to one)"
+        )
     for label, budget in (
         ("sessionBudgetTokens", spec.clients.session_budget_tokens),
         ("clientDailyBudgetTokens", spec.clients.client_daily_budget_tokens),
