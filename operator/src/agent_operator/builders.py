@@ -152,26 +152,29 @@ def _secret_files(spec: AgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
 
 
 def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
-    """One volume with every secret file: a plain secret volume when one Secret holds them."""
-    names = {ref.name for ref, _, _ in files}
-    if len(names) == 1:
+    """One volume with every secret file, laid out as the chart lays it out.
+
+    The session URL and model key are a plain secret volume when one Secret holds them; the
+    clients' keys (a rotation needs no new pods) are always a projected source of their own.
+    """
+    config: dict[str, list[Obj]] = {}
+    clients: list[Obj] = []
+    for ref, path, variable in files:
+        item = {"key": ref.key, "path": path}
+        if variable == "AGENT_API_KEYS_FILE":
+            clients.append({"secret": {"name": ref.name, "items": [item]}})
+        else:
+            config.setdefault(ref.name, []).append(item)
+    if len(config) == 1 and not clients:
+        ((name, items),) = config.items()
         return {
             "name": "secrets",
-            "secret": {
-                "secretName": names.pop(),
-                "defaultMode": 0o440,
-                "items": [{"key": ref.key, "path": path} for ref, path, _ in files],
-            },
+            "secret": {"secretName": name, "defaultMode": 0o440, "items": items},
         }
+    sources = [{"secret": {"name": name, "items": items}} for name, items in config.items()]
     return {
         "name": "secrets",
-        "projected": {
-            "defaultMode": 0o440,
-            "sources": [
-                {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": path}]}}
-                for ref, path, _ in files
-            ],
-        },
+        "projected": {"defaultMode": 0o440, "sources": [*sources, *clients]},
     }
 
 

@@ -250,3 +250,17 @@ def test_a_turn_reservation_larger_than_a_budget_is_an_invalid_spec():
         "no turn could ever run"
     ]
     assert validate(spec(clients={"sessionBudgetTokens": 100, "turnReserveTokens": 100})) == []
+
+
+def test_the_clients_keys_are_a_source_of_their_own_even_in_the_same_secret():
+    built = spec(
+        modelApiKeySecretRef={"name": "s", "key": "k"},
+        session={"urlSecretRef": {"name": "s", "key": "u"}},
+        clients={"apiKeysSecretRef": {"name": "s", "key": "keys"}},
+    )
+    pod = build_deployment(OWNER, built)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secrets")
+    assert [s["secret"]["items"] for s in volume["projected"]["sources"]] == [
+        [{"key": "u", "path": "session-url"}, {"key": "k", "path": "model-api-key"}],
+        [{"key": "keys", "path": "api-keys"}],
+    ]

@@ -1,0 +1,495 @@
+"""The operator's children equal the chart's objects for equivalent inputs, over many of them.
+
+Each axis below lists options; an option is a pair of fragments that mean the same thing to the
+chart (values) and to the operator (an AgentDeployment spec). A seeded generator combines them
+into cases that cover every option at least once and then many random mixtures, skipping the
+combinations the chart refuses. For each case the chart is rendered with `helm template` and the
+operator's children are built with `build_children(parse_spec(spec))`; the pod template, the
+agent's environment, the Deployment's rollout settings, the Service, the PDB and the HPA must be
+equal. What only one side can express (the operator's plain `session.url`, `minAvailable`,
+`valueFrom` env and smoke gate; the chart's memory HPA metric and grace margin) is not generated.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent_operator.builders import Owner, build_children
+from agent_operator.spec import parse_spec, validate
+from tests.chart.conftest import CHART, run_helm
+
+NAME = "parity-agent"  # holds the chart's name, so the chart's fullname is the release name
+NAMESPACE = "moorage"
+APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+REPOSITORY = "registry.example.com/team/agent"
+DIGEST = "sha256:" + "ab" * 32
+OPENAI = "openai:gpt-4o-mini"
+CHART_URL = "redis://cache.example:6379/0"
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The same setting as chart values and as AgentDeployment spec fragments."""
+
+    values: Obj
+    spec: Obj
+    shares_sessions: bool = False  # the session store is not one process's memory
+
+
+def _same(fragment: Obj) -> Pair:
+    """A setting spelled the same way in the values and in the spec."""
+    return Pair(fragment, copy.deepcopy(fragment))
+
+
+def _chart_secret(key: str) -> Obj:
+    """The chart's own Secret (named like the release), as a secret reference."""
+    return {"name": NAME, "key": key}
+
+
+AXES: dict[str, dict[str, Pair]] = {
+    "image": {
+        "chart-default": Pair({}, {"image": f"moorage/agent-service:{APP_VERSION}"}),
+        "tag": Pair(
+            {"image": {"repository": REPOSITORY, "tag": "1.2.3"}},
+            {"image": f"{REPOSITORY}:1.2.3"},
+        ),
+        "digest-always": Pair(
+            {"image": {"repository": REPOSITORY, "digest": DIGEST, "pullPolicy": "Always"}},
+            {"image": f"{REPOSITORY}@{DIGEST}", "imagePullPolicy": "Always"},
+        ),
+    },
+    "replicas": {
+        "one": Pair({}, {}),
+        "three": Pair({"replicaCount": 3}, {"replicas": 3}),
+        "zero": Pair({"replicaCount": 0}, {"replicas": 0}),
+    },
+    "autoscaling": {
+        "off": Pair({}, {}),
+        "cpu-defaults": Pair(
+            {"autoscaling": {"enabled": True}}, {"autoscaling": {"enabled": True}}
+        ),
+        "cpu-tuned": _same(
+            {
+                "autoscaling": {
+                    "enabled": True,
+                    "minReplicas": 3,
+                    "maxReplicas": 7,
+                    "targetCPUUtilizationPercentage": 55,
+                }
+            }
+        ),
+        "inflight-defaults": _same({"autoscaling": {"enabled": True, "metric": "inflight"}}),
+        # Every behavior setting away from its default.
+        "inflight-tuned": _same(
+            {
+                "autoscaling": {
+                    "enabled": True,
+                    "metric": "inflight",
+                    "minReplicas": 1,
+                    "maxReplicas": 5,
+                    "targetTurnsInFlightPerPod": 7,
+                    "scaleUpStabilizationSeconds": 10,
+                    "scaleUpPods": 3,
+                    "scaleUpPercent": 50,
+                    "scaleUpPeriodSeconds": 20,
+                    "scaleDownStabilizationSeconds": 120,
+                    "scaleDownPods": 2,
+                    "scaleDownPeriodSeconds": 30,
+                }
+            }
+        ),
+    },
+    # Where the session URL and the model's key come from. The chart keeps a session.url in a
+    # Secret of its own (named like the release) under fixed keys; the operator reads Secrets
+    # by reference, so the equivalent spec names that Secret and key.
+    "secrets": {
+        "memory-echo": Pair({}, {}),
+        "chart-url": Pair(
+            {"session": {"url": CHART_URL}},
+            {"session": {"urlSecretRef": _chart_secret("session-url")}},
+            shares_sessions=True,
+        ),
+        "chart-url-openai": Pair(
+            {"session": {"url": CHART_URL}, "model": {"name": OPENAI, "apiKey": "sk-parity"}},
+            {
+                "session": {"urlSecretRef": _chart_secret("session-url")},
+                "model": {"name": OPENAI},
+                "modelApiKeySecretRef": _chart_secret("model-api-key"),
+            },
+            shares_sessions=True,
+        ),
+        "chart-openai-memory": Pair(
+            {"model": {"name": OPENAI, "apiKey": "sk-parity"}},
+            {"model": {"name": OPENAI}, "modelApiKeySecretRef": _chart_secret("model-api-key")},
+        ),
+        "in-chart-redis": Pair(
+            {"redis": {"enabled": True}},
+            {"session": {"urlSecretRef": _chart_secret("session-url")}},
+            shares_sessions=True,
+        ),
+        "existing-url": Pair(
+            {"existingSecret": {"name": "agent-secrets", "sessionUrlKey": "redis-url"}},
+            {"session": {"urlSecretRef": {"name": "agent-secrets", "key": "redis-url"}}},
+            shares_sessions=True,
+        ),
+        "existing-url-openai": Pair(
+            {
+                "existingSecret": {
+                    "name": "agent-secrets",
+                    "sessionUrlKey": "redis-url",
+                    "modelApiKeyKey": "api-key",
+                },
+                "model": {"name": OPENAI},
+            },
+            {
+                "session": {"urlSecretRef": {"name": "agent-secrets", "key": "redis-url"}},
+                "model": {"name": OPENAI},
+                "modelApiKeySecretRef": {"name": "agent-secrets", "key": "api-key"},
+            },
+            shares_sessions=True,
+        ),
+        "existing-openai-memory": Pair(
+            {
+                "existingSecret": {
+                    "name": "agent-secrets",
+                    "sessionUrlKey": "",
+                    "modelApiKeyKey": "api-key",
+                },
+                "model": {"name": OPENAI},
+            },
+            {
+                "model": {"name": OPENAI},
+                "modelApiKeySecretRef": {"name": "agent-secrets", "key": "api-key"},
+            },
+        ),
+    },
+    "clients": {
+        "open": Pair({}, {}),
+        "keys": Pair(
+            {"clients": {"apiKeysSecret": "client-keys"}},
+            {"clients": {"apiKeysSecretRef": {"name": "client-keys", "key": "api-keys"}}},
+        ),
+        "keys-own-key": Pair(
+            {"clients": {"apiKeysSecret": "client-keys", "apiKeysKey": "lines"}},
+            {"clients": {"apiKeysSecretRef": {"name": "client-keys", "key": "lines"}}},
+        ),
+        # A Secret that may also be existingSecret: the clients' keys stay a source of their own.
+        "keys-in-existing-secret": Pair(
+            {"clients": {"apiKeysSecret": "agent-secrets"}},
+            {"clients": {"apiKeysSecretRef": {"name": "agent-secrets", "key": "api-keys"}}},
+        ),
+        "budgets": _same(
+            {
+                "clients": {
+                    "sessionBudgetTokens": 100000,
+                    "clientDailyBudgetTokens": 2000000,
+                    "turnReserveTokens": 2048,
+                }
+            }
+        ),
+        "keys-and-budget": Pair(
+            {"clients": {"apiKeysSecret": "client-keys", "clientDailyBudgetTokens": 5000000}},
+            {
+                "clients": {
+                    "apiKeysSecretRef": {"name": "client-keys", "key": "api-keys"},
+                    "clientDailyBudgetTokens": 5000000,
+                }
+            },
+        ),
+    },
+    "model": {
+        "defaults": Pair({}, {}),
+        "tuned": Pair(
+            {
+                "model": {"maxSteps": 4, "timeoutSeconds": 20, "baseUrl": "http://llm:8000/v1"},
+                "server": {"logLevel": "warning"},
+                "session": {"ttlSeconds": 3600},
+            },
+            {
+                "model": {"maxSteps": 4, "timeoutSeconds": 20, "baseUrl": "http://llm:8000/v1"},
+                "logLevel": "warning",
+                "session": {"ttlSeconds": 3600},
+            },
+        ),
+        "debug": Pair(
+            {"model": {"maxSteps": 16}, "server": {"logLevel": "debug"}},
+            {"model": {"maxSteps": 16}, "logLevel": "debug"},
+        ),
+    },
+    "resources": {
+        "defaults": Pair({}, {}),
+        "larger": _same(
+            {
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "192Mi"},
+                    "limits": {"memory": "384Mi"},
+                }
+            }
+        ),
+        "cpu-limit": _same(
+            {
+                "resources": {
+                    "requests": {"cpu": "1", "memory": "1Gi"},
+                    "limits": {"cpu": "2", "memory": "2Gi"},
+                }
+            }
+        ),
+    },
+    # The turn's budget moves with the shutdown timeout, which must cover it.
+    "termination": {
+        "defaults": Pair({}, {}),
+        "longer": Pair(
+            {
+                "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 40},
+                "server": {"requestTimeoutSeconds": 40},
+            },
+            {
+                "termination": {"drainDelaySeconds": 7, "shutdownTimeoutSeconds": 40},
+                "model": {"requestTimeoutSeconds": 40},
+            },
+        ),
+        "drain-one": Pair(
+            {
+                "termination": {"drainDelaySeconds": 1, "shutdownTimeoutSeconds": 60},
+                "server": {"requestTimeoutSeconds": 45},
+            },
+            {
+                "termination": {"drainDelaySeconds": 1, "shutdownTimeoutSeconds": 60},
+                "model": {"requestTimeoutSeconds": 45},
+            },
+        ),
+        "short": Pair(
+            {
+                "termination": {"drainDelaySeconds": 3, "shutdownTimeoutSeconds": 20},
+                "server": {"requestTimeoutSeconds": 20},
+            },
+            {
+                "termination": {"drainDelaySeconds": 3, "shutdownTimeoutSeconds": 20},
+                "model": {"requestTimeoutSeconds": 20},
+            },
+        ),
+    },
+    "rollout": {
+        "defaults": Pair({}, {}),
+        "surge-two": Pair(
+            {"strategy": {"maxSurge": 2, "maxUnavailable": 1}},
+            {"rollout": {"maxSurge": 2, "maxUnavailable": 1}},
+        ),
+        "percent": Pair(
+            {"strategy": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            {"rollout": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+        ),
+        "no-surge": Pair(
+            {"strategy": {"maxSurge": 0, "maxUnavailable": 1}},
+            {"rollout": {"maxSurge": 0, "maxUnavailable": 1}},
+        ),
+    },
+    "disruption": {
+        "defaults": Pair({}, {}),
+        "off": Pair(
+            {"podDisruptionBudget": {"enabled": False}}, {"disruptionBudget": {"enabled": False}}
+        ),
+        "two": Pair(
+            {"podDisruptionBudget": {"maxUnavailable": 2}},
+            {"disruptionBudget": {"maxUnavailable": 2}},
+        ),
+        "percent": Pair(
+            {"podDisruptionBudget": {"maxUnavailable": "50%"}},
+            {"disruptionBudget": {"maxUnavailable": "50%"}},
+        ),
+    },
+    "env": {
+        "none": Pair({}, {}),
+        "echo-latency": Pair(
+            {"extraEnv": {"AGENT_ECHO_LATENCY_MS": "5"}},
+            {"env": [{"name": "AGENT_ECHO_LATENCY_MS", "value": "5"}]},
+        ),
+        "otel": Pair(
+            {
+                "extraEnv": {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4317",
+                    "OTEL_SERVICE_NAME": "agent",
+                }
+            },
+            {
+                "env": [
+                    {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel:4317"},
+                    {"name": "OTEL_SERVICE_NAME", "value": "agent"},
+                ]
+            },
+        ),
+    },
+    "service": {
+        "defaults": Pair({}, {}),
+        "port-8081": Pair({"service": {"port": 8081}}, {"service": {"port": 8081}}),
+    },
+}
+
+Choice = tuple[tuple[str, str], ...]  # (axis, option) for every axis, in AXES order
+
+
+def _pairs(choice: Choice) -> Iterator[Pair]:
+    return (AXES[axis][option] for axis, option in choice)
+
+
+def _accepted(choice: Choice) -> bool:
+    """Whether the chart renders this combination: it refuses in-memory sessions when several
+    pods would serve."""
+    picked = dict(choice)
+    several = picked["replicas"] == "three" or picked["autoscaling"] != "off"
+    return not several or AXES["secrets"][picked["secrets"]].shares_sessions
+
+
+def generate_cases(count: int = 40, seed: int = 14) -> list[Choice]:
+    """Cases covering every option of every axis, then random ones up to `count`."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible sample, not a secret
+    pool: list[Choice] = []
+    while len(pool) < 20 * count:
+        choice = tuple((axis, rng.choice(list(options))) for axis, options in AXES.items())
+        if _accepted(choice) and choice not in pool:
+            pool.append(choice)
+    uncovered = {(axis, option) for axis, options in AXES.items() for option in options}
+    cases: list[Choice] = []
+    while uncovered:  # greedy cover: the case that covers most of what is still uncovered
+        best = max(pool, key=lambda c: len(uncovered.intersection(c)))
+        if not uncovered.intersection(best):
+            raise AssertionError(f"no accepted case covers {sorted(uncovered)}")
+        cases.append(best)
+        uncovered.difference_update(best)
+    cases.extend(c for c in pool if c not in cases)
+    return cases[:count]
+
+
+def _merge(into: Obj, fragment: Obj) -> Obj:
+    for key, value in fragment.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+def _combined(choice: Choice, side: Callable[[Pair], Obj]) -> Obj:
+    out: Obj = {}
+    for pair in _pairs(choice):
+        _merge(out, side(pair))
+    return out
+
+
+CASES = generate_cases()
+IDS = [f"case{n:02d}" for n in range(len(CASES))]
+
+
+@functools.cache
+def _chart(index: int, helm: Path, tmp: Path) -> dict[str, Obj]:
+    """The chart's agent objects for a case, by kind (the hook pod and dev Redis left out)."""
+    values = tmp / f"{IDS[index]}.yaml"
+    values.write_text(yaml.safe_dump(_combined(CASES[index], lambda p: p.values)))
+    args = ("template", NAME, str(CHART), "--namespace", NAMESPACE, "-f", str(values))
+    out = run_helm(helm, *args, check=False)
+    assert out.returncode == 0, f"the chart refused {dict(CASES[index])}: {out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return {
+        d["kind"]: d
+        for d in docs
+        if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})
+        and d["metadata"]["name"] == NAME
+    }
+
+
+def _operator(index: int) -> dict[str, Obj]:
+    spec = parse_spec(_combined(CASES[index], lambda p: p.spec))
+    assert validate(spec) == [], "the generated spec must be one the operator accepts"
+    owner = Owner(name=NAME, namespace=NAMESPACE, uid="0000")
+    return {obj["kind"]: obj for _, _, obj in build_children(owner, spec) if obj is not None}
+
+
+def _environment(objs: dict[str, Obj]) -> Obj:
+    """The container's effective environment: its ConfigMap's data plus its env entries."""
+    container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env: Obj = dict(objs["ConfigMap"]["data"])
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", item.get("valueFrom"))
+    return env
+
+
+def _pod(objs: dict[str, Obj]) -> Obj:
+    pod = copy.deepcopy(objs["Deployment"]["spec"]["template"]["spec"])
+    # The chart runs pods under its own ServiceAccount, the operator under the namespace's
+    # default one; neither mounts its token (compared below).
+    pod.pop("serviceAccountName", None)
+    container = pod.pop("containers")[0]
+    container.pop("envFrom")  # the ConfigMaps' names differ; their content is in _environment
+    container.pop("env", None)
+    return {"pod": pod, "container": container}
+
+
+def _deployment(objs: dict[str, Obj]) -> Obj:
+    spec = objs["Deployment"]["spec"]
+    keys = ("replicas", "revisionHistoryLimit", "strategy", "selector")
+    return {key: spec.get(key, "<unset>") for key in keys}
+
+
+def _spec_of(kind: str) -> Callable[[dict[str, Obj]], Obj | None]:
+    def spec(objs: dict[str, Obj]) -> Obj | None:
+        return objs[kind]["spec"] if kind in objs else None
+
+    return spec
+
+
+ASPECTS: dict[str, Callable[[dict[str, Obj]], Any]] = {
+    "pod-template": _pod,
+    "environment": _environment,
+    "deployment": _deployment,
+    "service": _spec_of("Service"),
+    "disruption-budget": _spec_of("PodDisruptionBudget"),
+    "autoscaler": _spec_of("HorizontalPodAutoscaler"),
+}
+
+
+@pytest.fixture(scope="module")
+def chart_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("parity")
+
+
+@pytest.mark.parametrize("aspect", list(ASPECTS))
+@pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
+def test_the_operator_builds_what_the_chart_renders(
+    index: int, aspect: str, helm: Path, chart_dir: Path
+) -> None:
+    ours = ASPECTS[aspect](_operator(index))
+    theirs = ASPECTS[aspect](_chart(index, helm, chart_dir))
+    assert ours == theirs, f"{aspect} differs for {dict(CASES[index])}"
+
+
+def test_the_cases_cover_every_option_and_the_chart_accepts_each() -> None:
+    used = {pair for case in CASES for pair in case}
+    every = {(axis, option) for axis, options in AXES.items() for option in options}
+    assert used == every
+    assert len(set(CASES)) == len(CASES) >= 30
+    assert all(_accepted(case) for case in CASES)
+
+
+def test_a_case_the_chart_refuses_is_never_generated(helm: Path, tmp_path: Path) -> None:
+    # The generator's rule mirrors the chart's: several pods on memory:// fail the render.
+    refused = tuple(
+        (axis, {"replicas": "three", "secrets": "memory-echo"}.get(axis, next(iter(options))))
+        for axis, options in AXES.items()
+    )
+    assert not _accepted(refused)
+    values = tmp_path / "refused.yaml"
+    values.write_text(yaml.safe_dump(_combined(refused, lambda p: p.values)))
+    out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values), check=False)
+    assert out.returncode != 0
+    assert "memory://" in out.stderr
