@@ -1,7 +1,8 @@
 """Integration tier: real redis-server, real uvicorn processes of the service, real HAProxy.
 
-Every service process gets a known secret as its model API key and Redis password; when the
-session ends, no captured output of any process may contain it.
+Every service process gets a known secret as its model API key and Redis password, and every
+client API key the tests use contains it; when the session ends, no captured output of any
+process may contain it.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def start_service(tmp_path: Path) -> Iterator:
     started: list[Service] = []
 
     def start(**overrides: str) -> Service:
-        port = free_port()
-        env = service_env(AGENT_PORT=str(port), **overrides)
-        log_path = tmp_path / f"service-{port}.log"
+        port = int(overrides.get("AGENT_PORT") or free_port())
+        env = service_env(**{"AGENT_PORT": str(port), **overrides})
+        log_path = tmp_path / f"service-{len(started)}-{port}.log"
         _OUTPUTS.append(log_path)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(

@@ -1,20 +1,31 @@
-"""Token budgets in a real redis-server: one script per step, exact under concurrency."""
+"""Token budgets in a real redis-server: one script per step, exact under concurrency, also
+through two service replicas."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import httpx
 import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent_service.budgets import (
     Budget,
     BudgetExceeded,
     RedisBudgets,
+    client_budget_keys,
     open_budgets,
     session_budget_keys,
+    utc_day,
 )
 from agent_service.providers import Usage
 from agent_service.store import RedisStore, session_tag
+from tests.integration.conftest import SECRET
+from tests.integration.fake_openai import FakeOpenAI, Step, completion
+
+ALPHA_KEY = f"{SECRET}-alpha-budget"
 
 
 def _store(url: str) -> RedisStore:
@@ -75,3 +86,90 @@ def test_a_reservation_whose_turn_died_expires_with_its_lease(redis_server) -> N
         await store.aclose()
 
     asyncio.run(scenario())
+
+
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in a Prometheus text exposition (values, not HELP lines)."""
+    return [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def test_fifty_concurrent_turns_across_two_replicas_spend_exactly_a_budget_of_ten(
+    tmp_path: Path, redis_server, fake_api: FakeOpenAI, start_service
+) -> None:
+    # Every turn uses exactly what it reserves (70 + 30 tokens), so a 1,000-token day allows 10
+    # turns whatever order they settle in; the model call takes 300 ms so all 50 overlap.
+    fake_api.script = [Step(200, completion("fine", usage=(70, 30)), delay_s=0.3)]
+    keys = tmp_path / "keys"
+    keys.write_text(f"alpha:{ALPHA_KEY}\n")
+    replicas = [
+        start_service(
+            AGENT_SESSION_URL=redis_server.url,
+            AGENT_API_KEYS_FILE=str(keys),
+            AGENT_MODEL="openai:fake-model",
+            AGENT_MODEL_BASE_URL=fake_api.base_url,
+            AGENT_BUDGET_CLIENT_DAILY_TOKENS="1000",
+            AGENT_BUDGET_TURN_TOKENS="100",
+            AGENT_MODEL_PRICES='{"fake-model": {"input": 3.0, "output": 15.0}}',
+        )
+        for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.wait_ready()
+
+    async def turns() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(replicas[i % 2].url + "/v1/chat", json={"message": f"turn {i}"})
+                    for i in range(50)
+                )
+            )
+
+    day, _ = utc_day()
+    answers = asyncio.run(turns())
+    ok = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(ok) == 10, [a.status_code for a in answers]
+    assert len(refused) == 40
+    for answer in refused:
+        assert answer.status_code == 429, answer.text
+        assert answer.json()["error"] == "budget-exceeded"
+        assert int(answer.headers["Retry-After"]) >= 1
+    assert len(fake_api.received) == 10  # a refused turn never reaches the model
+    for replica in replicas:  # each got 25 turns: both refused, drawing on the one budget
+        assert sum(a.url.port == replica.port for a in refused) >= 15
+
+    usages = [a.json()["usage"] for a in ok]
+    assert all(u["input_tokens"] == 70 and u["output_tokens"] == 30 for u in usages)
+    assert all(u["cost_usd"] == pytest.approx((70 * 3 + 30 * 15) / 1e6) for u in usages)
+    # The spend recorded in Redis is the sum of the usage of the successful answers.
+    stored = redis.Redis(port=redis_server.port, password=redis_server.password)
+    totals = stored.hgetall(client_budget_keys("alpha", day)[0])
+    assert totals == {
+        b"spent": str(sum(u["input_tokens"] + u["output_tokens"] for u in usages)).encode(),
+        b"input": str(sum(u["input_tokens"] for u in usages)).encode(),
+        b"output": str(sum(u["output_tokens"] for u in usages)).encode(),
+    }
+    assert stored.hlen(client_budget_keys("alpha", day)[1]) == 0  # no reservation left behind
+
+    # The metrics of both replicas add up to the same figures, by client and model.
+    expositions = [httpx.get(r.url + "/metrics").text for r in replicas]
+    tokens: dict[str, float] = {}
+    cost = refusals = 0.0
+    for text in expositions:
+        for labels, value in _samples(text, "agent_tokens_total"):
+            assert (labels["client"], labels["model"]) == ("alpha", "openai:fake-model")
+            tokens[labels["direction"]] = tokens.get(labels["direction"], 0) + value
+        for labels, value in _samples(text, "agent_cost_usd_total"):
+            assert (labels["client"], labels["model"]) == ("alpha", "openai:fake-model")
+            cost += value
+        refusals += sum(v for labels, v in _samples(text, "agent_budget_refusals_total"))
+    assert tokens == {"input": 700.0, "output": 300.0}
+    assert cost == pytest.approx(10 * (70 * 3 + 30 * 15) / 1e6)
+    assert refusals == 40
