@@ -34,6 +34,7 @@ REPOSITORY = "registry.example.com/team/agent"
 DIGEST = "sha256:" + "ab" * 32
 OPENAI = "openai:gpt-4o-mini"
 CHART_URL = "redis://cache.example:6379/0"
+CHART_TLS_URL = "rediss+sentinel://s1:26379,s2:26379/main"
 
 Obj = dict[str, Any]
 
@@ -45,6 +46,7 @@ class Pair:
     values: Obj
     spec: Obj
     shares_sessions: bool = False  # the session store is not one process's memory
+    may_use_tls: bool = False  # the session URL is rediss… or unknown (in a Secret you manage)
 
 
 def _same(fragment: Obj) -> Pair:
@@ -142,6 +144,7 @@ AXES: dict[str, dict[str, Pair]] = {
             {"existingSecret": {"name": "agent-secrets", "sessionUrlKey": "redis-url"}},
             {"session": {"urlSecretRef": {"name": "agent-secrets", "key": "redis-url"}}},
             shares_sessions=True,
+            may_use_tls=True,
         ),
         "existing-url-openai": Pair(
             {
@@ -158,6 +161,13 @@ AXES: dict[str, dict[str, Pair]] = {
                 "modelApiKeySecretRef": {"name": "agent-secrets", "key": "api-key"},
             },
             shares_sessions=True,
+            may_use_tls=True,
+        ),
+        "chart-rediss": Pair(
+            {"session": {"url": CHART_TLS_URL}},
+            {"session": {"urlSecretRef": _chart_secret("session-url")}},
+            shares_sessions=True,
+            may_use_tls=True,
         ),
         "existing-openai-memory": Pair(
             {
@@ -172,6 +182,37 @@ AXES: dict[str, dict[str, Pair]] = {
                 "model": {"name": OPENAI},
                 "modelApiKeySecretRef": {"name": "agent-secrets", "key": "api-key"},
             },
+        ),
+    },
+    # The session store's CA bundle and client certificate (rediss… URLs only).
+    "session-tls": {
+        "none": Pair({}, {}),
+        "ca": Pair(
+            {"session": {"tls": {"caSecret": "redis-ca"}}},
+            {"session": {"tls": {"caSecretRef": {"name": "redis-ca", "key": "ca.crt"}}}},
+        ),
+        "ca-own-key-and-client": Pair(
+            {
+                "session": {
+                    "tls": {
+                        "caSecret": "redis-ca",
+                        "caKey": "bundle.pem",
+                        "clientCertSecret": "agent-client",
+                    }
+                }
+            },
+            {
+                "session": {
+                    "tls": {
+                        "caSecretRef": {"name": "redis-ca", "key": "bundle.pem"},
+                        "clientCertSecretRef": {"name": "agent-client"},
+                    }
+                }
+            },
+        ),
+        "client-only": Pair(
+            {"session": {"tls": {"clientCertSecret": "agent-client"}}},
+            {"session": {"tls": {"clientCertSecretRef": {"name": "agent-client"}}}},
         ),
     },
     "clients": {
@@ -345,10 +386,13 @@ def _pairs(choice: Choice) -> Iterator[Pair]:
 
 def _accepted(choice: Choice) -> bool:
     """Whether the chart renders this combination: it refuses in-memory sessions when several
-    pods would serve."""
+    pods would serve, and TLS files for a plain-text session URL."""
     picked = dict(choice)
+    secrets = AXES["secrets"][picked["secrets"]]
     several = picked["replicas"] == "three" or picked["autoscaling"] != "off"
-    return not several or AXES["secrets"][picked["secrets"]].shares_sessions
+    if several and not secrets.shares_sessions:
+        return False
+    return picked["session-tls"] == "none" or secrets.may_use_tls
 
 
 def generate_cases(count: int = 40, seed: int = 14) -> list[Choice]:
@@ -481,15 +525,24 @@ def test_the_cases_cover_every_option_and_the_chart_accepts_each() -> None:
     assert all(_accepted(case) for case in CASES)
 
 
-def test_a_case_the_chart_refuses_is_never_generated(helm: Path, tmp_path: Path) -> None:
-    # The generator's rule mirrors the chart's: several pods on memory:// fail the render.
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"replicas": "three", "secrets": "memory-echo"}, "memory://"),
+        ({"secrets": "chart-url", "session-tls": "ca"}, "session.tls"),
+    ],
+    ids=["shared-memory", "tls-on-plain-text"],
+)
+def test_a_case_the_chart_refuses_is_never_generated(
+    helm: Path, tmp_path: Path, overrides: dict[str, str], reason: str
+) -> None:
+    # The generator's rules mirror the chart's own checks.
     refused = tuple(
-        (axis, {"replicas": "three", "secrets": "memory-echo"}.get(axis, next(iter(options))))
-        for axis, options in AXES.items()
+        (axis, overrides.get(axis, next(iter(options)))) for axis, options in AXES.items()
     )
     assert not _accepted(refused)
     values = tmp_path / "refused.yaml"
     values.write_text(yaml.safe_dump(_combined(refused, lambda p: p.values)))
     out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values), check=False)
     assert out.returncode != 0
-    assert "memory://" in out.stderr
+    assert reason in out.stderr
