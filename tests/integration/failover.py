@@ -8,14 +8,44 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
 
 from agent_service.schemas import HISTORY_PAGE_MAX
+from tests.integration.conftest import SECRET
+
+# Turns that must succeed before the master is killed (the load is in full swing), and after
+# it (on the sessions the kill hit) before the load stops; the load never runs longer than this.
+OK_BEFORE_KILL = 100
+OK_AFTER_KILL = 60
+LOAD_BOUND_S = 90.0
+
+
+def redis_process(binary: str, port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A redis-server on loopback with the test password (also for its replication link)."""
+    workdir.mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--requirepass", SECRET,
+            "--masterauth", SECRET,
+            "--dir", str(workdir),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
 
 # A turn is two store calls of at most AGENT_STORE_TIMEOUT_S each; far above that is a hang.
 CLIENT_TIMEOUT_S = 15.0
@@ -77,6 +107,77 @@ class Load:
 
     def ok_since(self, moment: float) -> list[Turn]:
         return [t for t in self.ok() if t.started >= moment]
+
+
+def kill_under_load(
+    load: Load, kill: Callable[[], None], affected: Collection[str] | None = None
+) -> float:
+    """Run `load`, call `kill` once it is in full swing; the moment of the kill.
+
+    The load stops once OK_AFTER_KILL turns of the `affected` sessions (default: all) that
+    started after the kill succeeded, or LOAD_BOUND_S after the kill.
+    """
+    killed_at: list[float] = []
+
+    def stop(load: Load) -> bool:
+        if not killed_at:
+            if len(load.ok()) >= OK_BEFORE_KILL:
+                kill()
+                killed_at.append(time.monotonic())
+            return False
+        recovered = recovered_turns(load, killed_at[0], affected)
+        return len(recovered) >= OK_AFTER_KILL or time.monotonic() - killed_at[0] > LOAD_BOUND_S
+
+    asyncio.run(load.run(stop))
+    assert killed_at, f"the load never reached {OK_BEFORE_KILL} turns answered 200"
+    return killed_at[0]
+
+
+def recovered_turns(
+    load: Load, killed_at: float, affected: Collection[str] | None = None
+) -> list[Turn]:
+    """Turns of the `affected` sessions (default: all) started after the kill that got 200."""
+    return [t for t in load.ok_since(killed_at) if affected is None or t.session_id in affected]
+
+
+@dataclass(frozen=True)
+class FailoverFigures:
+    """What a failover test measured (reported, never asserted against a time)."""
+
+    acknowledged: int
+    unavailable: int
+    kill_to_first_200_s: float
+
+    def line(self) -> str:
+        return (
+            f"{self.acknowledged} acknowledged turns, all stored; {self.unavailable} answered "
+            f"503; master killed -> first 200 in {self.kill_to_first_200_s:.2f} s"
+        )
+
+
+def assert_failover_lost_nothing(
+    load: Load,
+    killed_at: float,
+    history_url: str,
+    services: Collection[subprocess.Popen[bytes]],
+    affected: Collection[str] | None = None,
+) -> FailoverFigures:
+    """The checks of every failover test; `affected`: the sessions the kill hit (default all).
+
+    Every turn answered 200 or 503 `store-unavailable`; a request met the failover; turns of
+    the affected sessions succeed again; every 200 is in its session's stored history; and
+    no service process restarted.
+    """
+    unavailable = assert_only_200_or_store_unavailable(load)
+    recovered = recovered_turns(load, killed_at, affected)
+    assert recovered, "no turn of the sessions the kill hit succeeded after the failover"
+    assert any(t.ended >= killed_at for t in unavailable), "no request met the failover"
+    acknowledged, missing = missing_acknowledged_turns(history_url, load)
+    assert not missing, f"{len(missing)} of {acknowledged} acknowledged turns lost: {missing[:5]}"
+    assert all(proc.poll() is None for proc in services), "a service restarted"
+    return FailoverFigures(
+        acknowledged, len(unavailable), min(t.ended for t in recovered) - killed_at
+    )
 
 
 def assert_only_200_or_store_unavailable(load: Load) -> list[Turn]:

@@ -22,11 +22,11 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import MovedError, NoScriptError, RedisClusterException, RedisError
 
 log = logging.getLogger(__name__)
 
@@ -408,25 +408,28 @@ class RedisStore:
         """APPEND_SCRIPT then WAIT, pipelined on one connection to the session's master.
 
         WAIT counts the replicas that have every write of its own connection, so both must
-        travel together; a cluster pipeline would otherwise route WAIT to another node.
+        travel together. A server without the script (a promoted replica, a restart) gets the
+        script itself on the second try.
         """
+        script: list[Any] = ["EVALSHA", self._append.sha]
         for _ in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-                target = {}
-                if self._topology.kind == "cluster":
-                    target = {"target_nodes": self._redis.get_node_from_key(keys[0])}
-                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms, **target)
-                if self._topology.kind == "cluster":
-                    # A redirected script would run on another connection than the WAIT.
-                    reply, acked = await pipe.execute(
-                        raise_on_error=False, allow_redirections=False
-                    )
-                else:
+            commands = [
+                [*script, len(keys), *keys, *args],
+                ["WAIT", self._wait_replicas, self._wait_timeout_ms],
+            ]
+            if self._topology.kind == "cluster":
+                reply, acked = await self._on_slot_master(keys[0], commands)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
                     reply, acked = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError):
-                # A promoted replica or a restarted server has no script cache: load it there.
-                await self._redis.script_load(APPEND_SCRIPT)
+                script = ["EVAL", APPEND_SCRIPT]
+                continue
+            if isinstance(reply, MovedError):
+                # The slot has a new master (a failover): nothing ran; write there instead.
+                await self._redis.nodes_manager.move_slot(reply)
                 continue
             if isinstance(reply, Exception):
                 raise reply
@@ -438,7 +441,21 @@ class RedisStore:
                     f"within {self._wait_timeout_ms} ms"
                 )
             return reply
-        raise StoreUnavailable("the append script could not be loaded")
+        raise StoreUnavailable("the write found no master that could run it")
+
+    async def _on_slot_master(self, key: str, commands: list[list[Any]]) -> list[Any]:
+        """Commands pipelined on one connection to the master of `key`'s slot; replies or errors.
+
+        redis-py's cluster pipeline refuses EVALSHA, and would route a retried WAIT (it has no
+        key) to other nodes; one node's own pipeline keeps the WAIT with the write it counts.
+        A broken connection raises: the next call through the cluster client reads the slot
+        map again.
+        """
+        await self._redis.initialize()  # the slot map, once (a no-op afterwards)
+        node = self._redis.get_node_from_key(key)
+        batch = [PipelineCommand(i, *command) for i, command in enumerate(commands)]
+        await node.execute_pipeline(batch)
+        return [command.result for command in batch]
 
     async def page(self, session_id: str, limit: int, before: int | None) -> Page | None:
         keys = session_keys(session_id)[:2]
