@@ -3,25 +3,31 @@
 Off unless an OTLP endpoint is configured by the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`
 or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
 turn it off again). Off, no tracer provider is installed and every span is the API's no-op span.
-On, a turn is a SERVER span (`invoke_agent`) whose parent comes from the request's `traceparent`,
-with a child span per model call (`chat <model>`) and per tool call (`execute_tool <name>`).
+On, FastAPI's HTTP server span of a request continues the caller's `traceparent`; a turn is an
+`invoke_agent` span inside it, with a child span per model call (`chat <model>`) and per tool call
+(`execute_tool <name>`).
 Message content is recorded only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRACER_NAME = "agent_service"
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -111,3 +117,79 @@ def parent_context(headers: Mapping[str, str]) -> Context | None:
     if "traceparent" not in headers:
         return None
     return propagate.extract(headers)
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in UNTRACED_PATHS
+
+
+UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes
+# FastAPI's native tracing (on when a tracer provider is installed): its HTTP server span of each
+# request, which continues the caller's `traceparent` and is the parent of the turn's span; not
+# its span per dependency and endpoint, nor any for probes and scrapes.
+FASTAPI_TELEMETRY: TelemetryConfig = {"operation_spans": False, "exclude": _untraced}
+
+
+def start_turn(headers: Mapping[str, str], model: str) -> Span:
+    """The span of one turn (`invoke_agent`).
+
+    Inside the request's HTTP server span when there is one (INTERNAL); otherwise the service's
+    root span (SERVER), continuing the caller's `traceparent` if it sent one. Not yet current:
+    `turn` or `within` make it the parent of the turn's model and tool spans where the turn runs
+    (a streamed turn runs in the response's task, not the handler's).
+    """
+    inside = trace.get_current_span().get_span_context().is_valid
+    return tracer().start_span(
+        f"invoke_agent {AGENT_NAME}",
+        context=None if inside else parent_context(headers),
+        kind=SpanKind.INTERNAL if inside else SpanKind.SERVER,
+        attributes={OPERATION: "invoke_agent", AGENT: AGENT_NAME, REQUEST_MODEL: model},
+    )
+
+
+async def within(span: Span, parts: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+    """`parts`, each step run with `span` current (the parent of the spans started there).
+
+    The context is set and reset around each step, never across a `yield`: a stream whose
+    client left is closed by whichever task finalises it, where a reset would fail. Closing
+    this closes `parts`.
+    """
+    current = trace.set_span_in_context(span)
+    try:
+        while True:
+            token = otel_context.attach(current)
+            try:
+                part = await anext(parts)
+            except StopAsyncIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield part
+    finally:
+        await parts.aclose()
+
+
+def end_turn(
+    span: Span, session_id: str | None, outcome: str, usage: Mapping[str, Any] | None
+) -> None:
+    """Record how the turn ended on its span: session, tokens, and an error type unless ok."""
+    if not span.is_recording():
+        return
+    if session_id:
+        span.set_attribute(CONVERSATION_ID, session_id)
+    if usage:
+        span.set_attribute(INPUT_TOKENS, int(usage.get("input_tokens", 0)))
+        span.set_attribute(OUTPUT_TOKENS, int(usage.get("output_tokens", 0)))
+    if outcome not in {"ok", "replayed"}:
+        span.set_attribute(ERROR_TYPE, outcome)
+        span.set_status(StatusCode.ERROR)
+
+
+@contextlib.contextmanager
+def turn(headers: Mapping[str, str], model: str) -> Iterator[Span]:
+    """A whole turn's span, current for the block and ended with it."""
+    span = start_turn(headers, model)
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
+        yield span

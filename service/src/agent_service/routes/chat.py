@@ -10,15 +10,17 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
+from agent_service import tracing
 from agent_service.agent import Agent, ModelTimeout, TurnUsage
 from agent_service.budgets import BudgetExceeded, Reservation
 from agent_service.deps import AppState, StateDep, authenticate, client_of
@@ -315,6 +317,25 @@ async def chat(
 
     The answer is serialised here in one call, not validated again by FastAPI on its way out.
     """
+    with tracing.turn(request.headers, state["agent"].model_name) as span:
+        outcome, usage = "internal", None
+        try:
+            response, outcome, usage = await _chat(body, request, state, idempotency_key)
+            return response
+        except ApiError as err:
+            outcome = err.reason
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            tracing.end_turn(span, getattr(request.state, "session_id", None), outcome, usage)
+
+
+async def _chat(
+    body: ChatRequest, request: Request, state: AppState, idempotency_key: str | None
+) -> tuple[Response, str, dict[str, Any] | None]:
+    """The turn of `chat`: its response, outcome and usage."""
     turn = await begin_turn(body, request, state, idempotency_key)
     answer = turn.replay
     if answer is not None:
@@ -351,9 +372,10 @@ async def chat(
                 await turn.settle(spend)  # a failed turn's model calls count too
             turn.count(outcome)
         if outcome == "ok":
-            return _json(ChatResponse(**answer, request_id=request.state.request_id))
+            own_answer = ChatResponse(**answer, request_id=request.state.request_id)
+            return _json(own_answer), outcome, answer["usage"]
     replayed = ChatResponse(**answer, request_id=request.state.request_id)
-    return _json(replayed, {REPLAYED_HEADER: "true"})
+    return _json(replayed, {REPLAYED_HEADER: "true"}), "replayed", answer.get("usage")
 
 
 @router.post(
@@ -372,76 +394,88 @@ async def chat_stream(
 
     A turn whose client disconnects before its end is not stored.
     """
-    turn = await begin_turn(body, request, state, idempotency_key)
+    # Started here, current only while the stream's own steps run (see `tracing.within`).
+    span = tracing.start_turn(request.headers, state["agent"].model_name)
     spend: Spend | None = None
-    if turn.replay is None:
-        try:
-            spend = await turn.reserve()  # before the stream starts: a refusal is a real 429
-        except ApiError as err:
-            turn.count(err.reason)
-            raise
-
-    async def events() -> AsyncIterator[str]:
-        outcome = "client-gone"  # unless the turn gets further
-        try:
-            yield _sse("session", {"session_id": turn.session_id})
-            if turn.replay is not None:
-                outcome = "replayed"
-                yield _sse("reply", _reply_event(turn.replay))
-                return
-            final: dict[str, Any] = {}
-            calls: list[dict[str, Any]] = []
-            assert spend is not None  # reserved unless the answer is a replay
+    try:
+        turn = await begin_turn(body, request, state, idempotency_key)
+        if turn.replay is None:
             try:
-                with _turn_timeout():
-                    async with asyncio.timeout_at(turn.deadline):
-                        async for event in turn.agent.events(
-                            turn.history, turn.message, stream=True, used=spend.used
-                        ):
-                            if event["type"] == "reply":
-                                final = event
-                                continue
-                            if event["type"] == "tool_call":
-                                calls.append(
-                                    {"name": event["name"], "arguments": event["arguments"]}
-                                )
-                            elif event["type"] == "tool_result" and calls:
-                                calls[-1]["result"] = event["result"]
-                            yield _sse(event.pop("type"), event)
-                        own = {
-                            "session_id": turn.session_id,
-                            "reply": final["content"],
-                            "steps": final["steps"],
-                            "stop_reason": final["stop_reason"],
-                            "tool_calls": calls,
-                            "usage": await turn.settle(spend),
-                        }
-                        answer = await turn.save(own)
+                spend = await turn.reserve()  # before the stream starts: a refusal is a real 429
             except ApiError as err:
-                outcome = err.reason
-                yield _sse("error", {"error": err.reason, "message": err.message})
-                return
-            except ModelError as err:
-                outcome = "model-unavailable"
-                yield _sse("error", {"error": "model-unavailable", "message": str(err)})
-                return
-            except Exception:
-                outcome = "internal"
-                log.exception("streamed turn failed")
-                yield _sse("error", {"error": "internal", "message": "internal error"})
-                return
-            outcome = "ok" if answer is own else "replayed"
-            yield _sse("reply", _reply_event(answer))
-        finally:
-            if spend is not None:
-                await turn.settle(spend)  # also when the client left mid-stream
-            turn.count(outcome)
+                turn.count(err.reason)
+                raise
+    except ApiError as err:
+        tracing.end_turn(span, getattr(request.state, "session_id", None), err.reason, None)
+        span.end()
+        raise
 
     return StreamingResponse(
-        events(),
+        tracing.within(span, _turn_events(turn, spend, span)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _turn_events(turn: Turn, spend: Spend | None, span: Span) -> AsyncGenerator[str, None]:
+    """The server-sent events of a streamed turn; counts and records how it ended."""
+    outcome = "client-gone"  # unless the turn gets further
+    usage: dict[str, Any] | None = None
+    try:
+        yield _sse("session", {"session_id": turn.session_id})
+        if turn.replay is not None:
+            outcome, usage = "replayed", turn.replay.get("usage")
+            yield _sse("reply", _reply_event(turn.replay))
+            return
+        final: dict[str, Any] = {}
+        calls: list[dict[str, Any]] = []
+        assert spend is not None  # reserved unless the answer is a replay
+        try:
+            with _turn_timeout():
+                async with asyncio.timeout_at(turn.deadline):
+                    async for event in turn.agent.events(
+                        turn.history, turn.message, stream=True, used=spend.used
+                    ):
+                        if event["type"] == "reply":
+                            final = event
+                            continue
+                        if event["type"] == "tool_call":
+                            calls.append({"name": event["name"], "arguments": event["arguments"]})
+                        elif event["type"] == "tool_result" and calls:
+                            calls[-1]["result"] = event["result"]
+                        yield _sse(event.pop("type"), event)
+                    own = {
+                        "session_id": turn.session_id,
+                        "reply": final["content"],
+                        "steps": final["steps"],
+                        "stop_reason": final["stop_reason"],
+                        "tool_calls": calls,
+                        "usage": await turn.settle(spend),
+                    }
+                    answer = await turn.save(own)
+        except ApiError as err:
+            outcome = err.reason
+            yield _sse("error", {"error": err.reason, "message": err.message})
+            return
+        except ModelError as err:
+            outcome = "model-unavailable"
+            yield _sse("error", {"error": "model-unavailable", "message": str(err)})
+            return
+        except Exception:
+            outcome = "internal"
+            log.exception("streamed turn failed")
+            yield _sse("error", {"error": "internal", "message": "internal error"})
+            return
+        outcome = "ok" if answer is own else "replayed"
+        usage = answer.get("usage")
+        yield _sse("reply", _reply_event(answer))
+    finally:
+        if spend is not None:
+            settled = await turn.settle(spend)  # also when the client left mid-stream
+            usage = usage or settled
+        turn.count(outcome)
+        tracing.end_turn(span, turn.session_id, outcome, usage)
+        span.end()
 
 
 @contextlib.contextmanager
