@@ -127,33 +127,46 @@ True (non-empty) when the chart itself must create a Secret.
 {{- end }}
 
 {{/*
-Where the Secret's keys are mounted as files.
+The pod contract shared with the operator (files/pod-contract.yaml: probes, hardening, files,
+port, defaults), as YAML text: `include "agent.contract" . | fromYaml`.
 */}}
+{{- define "agent.contract" -}}
+{{- $text := .Files.Get "files/pod-contract.yaml" }}
+{{- if hasKey (fromYaml $text) "Error" }}
+{{- fail "files/pod-contract.yaml is not valid YAML" }}
+{{- end }}
+{{- $text }}
+{{- end }}
+
 {{/*
 The items of the chart's (or the existing) Secret mounted as files under agent.secretDir.
 */}}
 {{- define "agent.secretItems" -}}
+{{- $files := (include "agent.contract" . | fromYaml).secrets.files }}
 {{- $sessionUrlKey := include "agent.sessionUrlKey" . }}
 {{- $apiKeyKey := include "agent.modelApiKeyKey" . }}
 {{- if $sessionUrlKey }}
 - key: {{ $sessionUrlKey }}
-  path: session-url
+  path: {{ $files.sessionUrl.path }}
 {{- end }}
 {{- if $apiKeyKey }}
 - key: {{ $apiKeyKey }}
-  path: model-api-key
+  path: {{ $files.modelApiKey.path }}
 {{- end }}
-{{- end }}
-
-{{- define "agent.secretDir" -}}
-/etc/moorage/secrets
 {{- end }}
 
 {{/*
-Where the session store's TLS files (session.tls) are mounted; the operator uses the same path.
+Where the Secret's keys are mounted as files.
+*/}}
+{{- define "agent.secretDir" -}}
+{{- (include "agent.contract" . | fromYaml).secrets.dir }}
+{{- end }}
+
+{{/*
+Where the session store's TLS files (session.tls) are mounted.
 */}}
 {{- define "agent.sessionTlsDir" -}}
-/etc/moorage/session-tls
+{{- (include "agent.contract" . | fromYaml).sessionTls.dir }}
 {{- end }}
 
 {{/*

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from agent_operator import contract
 from agent_operator.spec import GROUP, KIND, TURNS_IN_FLIGHT, VERSION, AgentSpec, SecretKeyRef
 
 MANAGER = "moorage-operator"
 APP_NAME = "agent"
-CONTAINER_PORT = 8080
+CONTAINER_PORT = contract.PORT
 CONFIG_CHECKSUM_ANNOTATION = "moorage.dev/config-checksum"
 # A digest of the pod template itself: which revision a pod belongs to (rollout decisions).
 TEMPLATE_HASH_ANNOTATION = "moorage.dev/template-hash"
@@ -20,12 +22,12 @@ GATE_CONDITION = "moorage.dev/gate-passed"
 # The gate's prompts travel with the pod template, so each pod is judged by its own revision's
 # gate (after a rollback too), and a new gate applies to new pods.
 GATE_ANNOTATION = "moorage.dev/gate"
-SECRETS_DIR = "/etc/moorage/secrets"
+SECRETS_DIR = contract.SECRETS_DIR
 # The session store's CA bundle and client certificate (the chart's session.tls), as files.
-SESSION_TLS_DIR = "/etc/moorage/session-tls"
-# Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
-GRACE_MARGIN_SECONDS = 5
-RUN_AS_ID = 10001
+SESSION_TLS_DIR = contract.SESSION_TLS_DIR
+GRACE_MARGIN_SECONDS = contract.GRACE_MARGIN_SECONDS
+RUN_AS_ID = contract.RUN_AS_USER
+SECRET_MODE = int(contract.SECRETS["defaultMode"])
 
 Obj = dict[str, Any]
 
@@ -99,8 +101,8 @@ def config_data(spec: AgentSpec) -> dict[str, str]:
         # The preStop sleep is the drain, so the service's own drain delay is 0 (as in the chart).
         "AGENT_DRAIN_DELAY_S": "0",
         "AGENT_SHUTDOWN_TIMEOUT_S": str(spec.termination.shutdown_timeout_seconds),
-        "AGENT_MAX_BODY_BYTES": "65536",
-        "AGENT_MAX_MESSAGE_CHARS": "8000",
+        "AGENT_MAX_BODY_BYTES": str(contract.HTTP_LIMITS["maxBodyBytes"]),
+        "AGENT_MAX_MESSAGE_CHARS": str(contract.HTTP_LIMITS["maxMessageChars"]),
     }
     clients = spec.clients
     if clients.session_budget_tokens:
@@ -140,15 +142,13 @@ def grace_period_seconds(spec: AgentSpec) -> int:
 
 def _secret_files(spec: AgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
     """(reference, file name, AGENT_*_FILE variable) of each mounted secret, chart order."""
-    out = []
-    if spec.session.url_secret_ref is not None:
-        out.append((spec.session.url_secret_ref, "session-url", "AGENT_SESSION_URL_FILE"))
-    if spec.model_api_key_secret_ref is not None:
-        out.append((spec.model_api_key_secret_ref, "model-api-key", "AGENT_MODEL_API_KEY_FILE"))
-    if spec.clients.api_keys_secret_ref is not None:
+    refs = (
+        ("sessionUrl", spec.session.url_secret_ref),
+        ("modelApiKey", spec.model_api_key_secret_ref),
         # In a volume, not a subPath: the kubelet swaps in a rotated Secret, the service rereads.
-        out.append((spec.clients.api_keys_secret_ref, "api-keys", "AGENT_API_KEYS_FILE"))
-    return out
+        ("apiKeys", spec.clients.api_keys_secret_ref),
+    )
+    return [(ref, *contract.secret_file(name)) for name, ref in refs if ref is not None]
 
 
 def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
@@ -159,9 +159,10 @@ def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
     """
     config: dict[str, list[Obj]] = {}
     clients: list[Obj] = []
+    _, api_keys_variable = contract.secret_file("apiKeys")
     for ref, path, variable in files:
         item = {"key": ref.key, "path": path}
-        if variable == "AGENT_API_KEYS_FILE":
+        if variable == api_keys_variable:
             clients.append({"secret": {"name": ref.name, "items": [item]}})
         else:
             config.setdefault(ref.name, []).append(item)
@@ -169,12 +170,12 @@ def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
         ((name, items),) = config.items()
         return {
             "name": "secrets",
-            "secret": {"secretName": name, "defaultMode": 0o440, "items": items},
+            "secret": {"secretName": name, "defaultMode": SECRET_MODE, "items": items},
         }
     sources = [{"secret": {"name": name, "items": items}} for name, items in config.items()]
     return {
         "name": "secrets",
-        "projected": {"defaultMode": 0o440, "sources": [*sources, *clients]},
+        "projected": {"defaultMode": SECRET_MODE, "sources": [*sources, *clients]},
     }
 
 
@@ -184,17 +185,24 @@ def _session_tls(spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
     env: list[Obj] = []
     sources: list[Obj] = []
     if tls.ca_secret_ref is not None:
-        env.append({"name": "AGENT_SESSION_CA_FILE", "value": f"{SESSION_TLS_DIR}/ca.crt"})
-        items = [{"key": tls.ca_secret_ref.key, "path": "ca.crt"}]
+        path, variable = contract.session_tls_file("ca")
+        env.append({"name": variable, "value": f"{SESSION_TLS_DIR}/{path}"})
+        items = [{"key": tls.ca_secret_ref.key, "path": path}]
         sources.append({"secret": {"name": tls.ca_secret_ref.name, "items": items}})
     if tls.client_cert_secret is not None:
-        env.append({"name": "AGENT_SESSION_CERT_FILE", "value": f"{SESSION_TLS_DIR}/tls.crt"})
-        env.append({"name": "AGENT_SESSION_KEY_FILE", "value": f"{SESSION_TLS_DIR}/tls.key"})
-        items = [{"key": key, "path": key} for key in ("tls.crt", "tls.key")]
+        items = []
+        # The keys of a kubernetes.io/tls Secret.
+        for name, key in (("cert", "tls.crt"), ("key", "tls.key")):
+            path, variable = contract.session_tls_file(name)
+            env.append({"name": variable, "value": f"{SESSION_TLS_DIR}/{path}"})
+            items.append({"key": key, "path": path})
         sources.append({"secret": {"name": tls.client_cert_secret, "items": items}})
     if not sources:
         return env, None
-    return env, {"name": "session-tls", "projected": {"defaultMode": 0o440, "sources": sources}}
+    return env, {
+        "name": "session-tls",
+        "projected": {"defaultMode": SECRET_MODE, "sources": sources},
+    }
 
 
 def _topology_spread(name: str) -> list[Obj]:
@@ -220,8 +228,9 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
     tls_env, tls_volume = _session_tls(spec)
     env.extend(tls_env)
     env.extend(dict(item) for item in spec.env)
-    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
-    volume_mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
+    tmp = contract.CONTRACT["tmp"]
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp["sizeLimit"]}}]
+    volume_mounts: list[Obj] = [{"name": "tmp", "mountPath": tmp["mountPath"]}]
     if files:
         volumes.append(_secrets_volume(files))
         volume_mounts.append({"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True})
@@ -231,45 +240,27 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             {"name": "session-tls", "mountPath": SESSION_TLS_DIR, "readOnly": True}
         )
     container: Obj = {
-        "name": APP_NAME,
+        "name": contract.CONTAINER["name"],
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": ["agent-service"],
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "command": list(contract.CONTAINER["command"]),
+        "ports": [{"name": contract.PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_name(owner)}}],
         # A container that exits at start leaves its last output in its status, so the
         # rollback Event can say why (a setting the service refused, say).
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "terminationMessagePolicy": contract.CONTAINER["terminationMessagePolicy"],
     }
     if env:
         container["env"] = env
     container.update(
         {
-            "startupProbe": {
-                "httpGet": {"path": "/healthz", "port": "http"},
-                "periodSeconds": 2,
-                "failureThreshold": 30,
-            },
-            "livenessProbe": {
-                "httpGet": {"path": "/healthz", "port": "http"},
-                "periodSeconds": 10,
-                "timeoutSeconds": 2,
-                "failureThreshold": 3,
-            },
-            "readinessProbe": {
-                "httpGet": {"path": "/readyz", "port": "http"},
-                "periodSeconds": 5,
-                "timeoutSeconds": 2,
-                "failureThreshold": 2,
-            },
+            "startupProbe": contract.probe("startup"),
+            "livenessProbe": contract.probe("liveness"),
+            "readinessProbe": contract.probe("readiness"),
             # Keep serving while endpoints and proxies stop routing here; SIGTERM follows.
             "lifecycle": {"preStop": {"sleep": {"seconds": spec.termination.drain_delay_seconds}}},
             "resources": {k: dict(v) for k, v in spec.resources.items()},
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"]},
-            },
+            "securityContext": copy.deepcopy(contract.CONTRACT["containerSecurityContext"]),
             "volumeMounts": volume_mounts,
         }
     )
@@ -282,11 +273,10 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
-                "runAsNonRoot": True,
+                **copy.deepcopy(contract.CONTRACT["podSecurityContext"]),
                 "runAsUser": RUN_AS_ID,
                 "runAsGroup": RUN_AS_ID,
                 "fsGroup": RUN_AS_ID,
-                "seccompProfile": {"type": "RuntimeDefault"},
             },
             "terminationGracePeriodSeconds": grace_period_seconds(spec),
             "containers": [container],

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_operator import contract
+
 GROUP = "moorage.dev"
 VERSION = "v1alpha1"
 PLURAL = "agentdeployments"
@@ -106,24 +108,29 @@ class SecretKeyRef:
     key: str
 
 
+_AUTO = contract.AUTOSCALING
+_TERMINATION = contract.TERMINATION
+
+
 @dataclass(frozen=True)
 class Autoscaling:
     """HPA settings; when enabled the operator leaves Deployment replicas to the HPA."""
 
     enabled: bool = False
     metric: str = "cpu"  # or "inflight": agent_turns_in_flight per pod, via prometheus-adapter
-    min_replicas: int = 2
-    max_replicas: int = 10
-    target_cpu_utilization_percentage: int = 70
-    target_turns_in_flight_per_pod: int = 20
+    # The numbers' defaults are the pod contract's (the chart's values.yaml has the same).
+    min_replicas: int = int(_AUTO["minReplicas"])
+    max_replicas: int = int(_AUTO["maxReplicas"])
+    target_cpu_utilization_percentage: int = int(_AUTO["targetCPUUtilizationPercentage"])
+    target_turns_in_flight_per_pod: int = int(_AUTO["targetTurnsInFlightPerPod"])
     # HPA behavior for long turns: add pods at once, remove them slowly, one at a time.
-    scale_up_stabilization_seconds: int = 0
-    scale_up_pods: int = 4
-    scale_up_percent: int = 100
-    scale_up_period_seconds: int = 15
-    scale_down_stabilization_seconds: int = 300
-    scale_down_pods: int = 1
-    scale_down_period_seconds: int = 60
+    scale_up_stabilization_seconds: int = int(_AUTO["scaleUpStabilizationSeconds"])
+    scale_up_pods: int = int(_AUTO["scaleUpPods"])
+    scale_up_percent: int = int(_AUTO["scaleUpPercent"])
+    scale_up_period_seconds: int = int(_AUTO["scaleUpPeriodSeconds"])
+    scale_down_stabilization_seconds: int = int(_AUTO["scaleDownStabilizationSeconds"])
+    scale_down_pods: int = int(_AUTO["scaleDownPods"])
+    scale_down_period_seconds: int = int(_AUTO["scaleDownPeriodSeconds"])
 
 
 @dataclass(frozen=True)
@@ -207,13 +214,9 @@ class DisruptionBudget:
 class Termination:
     """Graceful stop: preStop drain, then the agent's shutdown timeout (as the chart does)."""
 
-    drain_delay_seconds: int = 5
+    drain_delay_seconds: int = int(_TERMINATION["drainDelaySeconds"])
     # At least model.requestTimeoutSeconds: a pod removed mid-turn lets the turn finish.
-    shutdown_timeout_seconds: int = 30
-
-
-def _default_resources() -> dict[str, dict[str, str]]:
-    return {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    shutdown_timeout_seconds: int = int(_TERMINATION["shutdownTimeoutSeconds"])
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ class AgentSpec:
     model_api_key_secret_ref: SecretKeyRef | None = None
     session: Session = field(default_factory=Session)
     clients: Clients = field(default_factory=Clients)
-    resources: dict[str, dict[str, str]] = field(default_factory=_default_resources)
+    resources: dict[str, dict[str, str]] = field(default_factory=contract.resources)
     env: tuple[dict[str, Any], ...] = ()
     rollout: Rollout = field(default_factory=Rollout)
     disruption_budget: DisruptionBudget = field(default_factory=DisruptionBudget)
@@ -284,6 +287,8 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
     termination = raw.get("termination") or {}
     service = raw.get("service") or {}
     resources = raw.get("resources")
+    # Defaults of the fields the pod contract fixes, from the dataclasses that read it.
+    a, t = Autoscaling(), Termination()
     return AgentSpec(
         image=str(raw.get("image", "")),
         replicas=_int(raw, "replicas", 1),
@@ -291,17 +296,27 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
         autoscaling=Autoscaling(
             enabled=bool(auto.get("enabled", False)),
             metric=str(auto.get("metric", "cpu")),
-            min_replicas=_int(auto, "minReplicas", 2),
-            max_replicas=_int(auto, "maxReplicas", 10),
-            target_cpu_utilization_percentage=_int(auto, "targetCPUUtilizationPercentage", 70),
-            target_turns_in_flight_per_pod=_int(auto, "targetTurnsInFlightPerPod", 20),
-            scale_up_stabilization_seconds=_int(auto, "scaleUpStabilizationSeconds", 0),
-            scale_up_pods=_int(auto, "scaleUpPods", 4),
-            scale_up_percent=_int(auto, "scaleUpPercent", 100),
-            scale_up_period_seconds=_int(auto, "scaleUpPeriodSeconds", 15),
-            scale_down_stabilization_seconds=_int(auto, "scaleDownStabilizationSeconds", 300),
-            scale_down_pods=_int(auto, "scaleDownPods", 1),
-            scale_down_period_seconds=_int(auto, "scaleDownPeriodSeconds", 60),
+            min_replicas=_int(auto, "minReplicas", a.min_replicas),
+            max_replicas=_int(auto, "maxReplicas", a.max_replicas),
+            target_cpu_utilization_percentage=_int(
+                auto, "targetCPUUtilizationPercentage", a.target_cpu_utilization_percentage
+            ),
+            target_turns_in_flight_per_pod=_int(
+                auto, "targetTurnsInFlightPerPod", a.target_turns_in_flight_per_pod
+            ),
+            scale_up_stabilization_seconds=_int(
+                auto, "scaleUpStabilizationSeconds", a.scale_up_stabilization_seconds
+            ),
+            scale_up_pods=_int(auto, "scaleUpPods", a.scale_up_pods),
+            scale_up_percent=_int(auto, "scaleUpPercent", a.scale_up_percent),
+            scale_up_period_seconds=_int(auto, "scaleUpPeriodSeconds", a.scale_up_period_seconds),
+            scale_down_stabilization_seconds=_int(
+                auto, "scaleDownStabilizationSeconds", a.scale_down_stabilization_seconds
+            ),
+            scale_down_pods=_int(auto, "scaleDownPods", a.scale_down_pods),
+            scale_down_period_seconds=_int(
+                auto, "scaleDownPeriodSeconds", a.scale_down_period_seconds
+            ),
         ),
         model=Model(
             name=str(model.get("name", "echo")),
@@ -331,7 +346,7 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
         resources=(
             {k: {rk: str(rv) for rk, rv in v.items()} for k, v in resources.items()}
             if isinstance(resources, Mapping)
-            else _default_resources()
+            else contract.resources()
         ),
         env=tuple(dict(item) for item in raw.get("env") or ()),
         rollout=Rollout(
@@ -347,8 +362,10 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
             max_unavailable=pdb.get("maxUnavailable"),
         ),
         termination=Termination(
-            drain_delay_seconds=_int(termination, "drainDelaySeconds", 5),
-            shutdown_timeout_seconds=_int(termination, "shutdownTimeoutSeconds", 30),
+            drain_delay_seconds=_int(termination, "drainDelaySeconds", t.drain_delay_seconds),
+            shutdown_timeout_seconds=_int(
+                termination, "shutdownTimeoutSeconds", t.shutdown_timeout_seconds
+            ),
         ),
         service_port=_int(service, "port", 80),
         log_level=str(raw.get("logLevel", "info")),
