@@ -476,6 +476,15 @@ class RedisStore:
                 await sentinel.aclose()
 
 
+# OpenSSL's names of the alerts a server sends when it rejects the client's certificate.
+_PEER_REFUSED_CERT = (
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+)
+
+
 def _reason(err: BaseException) -> str:
     """Why a store call failed, for logs; a TLS verification failure says what to check."""
     seen: BaseException | None = err
@@ -486,6 +495,16 @@ def _reason(err: BaseException) -> str:
                 "check AGENT_SESSION_CA_FILE and the server's certificate"
             )
         if isinstance(seen, ssl.SSLError):
+            if seen.reason is not None and "CERTIFICATE_REQUIRED" in seen.reason:
+                return (
+                    "the session store requires a client certificate: set "
+                    "AGENT_SESSION_CERT_FILE and AGENT_SESSION_KEY_FILE"
+                )
+            if seen.reason is not None and seen.reason.startswith(_PEER_REFUSED_CERT):
+                return (
+                    f"the session store refused the client certificate ({seen.reason}): "
+                    "check AGENT_SESSION_CERT_FILE and AGENT_SESSION_KEY_FILE"
+                )
             return f"TLS handshake with the session store failed ({seen.reason})"
         seen = seen.__cause__ or seen.__context__
     return type(err).__name__
