@@ -260,6 +260,9 @@ def test_a_cluster_master_failover_under_load_loses_no_acknowledged_turn(
         if t.session_id not in affected and killed_at <= t.started and t.ended <= promoted_at[0]
     ]
     assert others_served, "no session on another master was served during the failover"
+    # WAIT was on: every master now serving (the promoted one too) ran it after the writes.
+    for master in cluster.masters():
+        assert cluster.client(master).info("commandstats")["cmdstat_wait"]["calls"] > 0
     first_affected_200 = min(t.ended for t in recovered_turns(load, killed_at, affected))
     report(
         request,

@@ -114,6 +114,8 @@ def test_a_sentinel_failover_under_load_loses_no_acknowledged_turn(
     killed_at = kill_under_load(load, sentinels.servers[old_master].kill)
 
     assert sentinels.master_port() != old_master, "the sentinels did not fail over"
+    new_master = redis.Redis(port=sentinels.master_port(), password=SECRET)
+    assert new_master.info("commandstats")["cmdstat_wait"]["calls"] > 0, "WAIT was off"
     figures = assert_failover_lost_nothing(
         load, killed_at, services[1].url, [s.proc for s in services]
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent_service.config import ConfigError, load_settings
-from agent_service.store import parse_session_url, session_key, session_keys
+from agent_service.store import _reason, parse_session_url, session_key, session_keys
 
 
 def test_a_sentinel_url_names_its_sentinels_master_and_db() -> None:
@@ -90,3 +92,45 @@ def test_the_replica_wait_must_fit_in_the_store_timeout(monkeypatch: pytest.Monk
     monkeypatch.setenv("AGENT_SESSION_MIN_REPLICAS", "1")
     with pytest.raises(ConfigError, match="memory:// has no replicas"):
         load_settings()
+
+
+def _tls_failure(error: ssl.SSLError) -> RedisConnectionError:
+    """A redis-py connection error caused by `error`, as a failed handshake raises it."""
+    try:
+        raise RedisConnectionError("connection failed") from error
+    except RedisConnectionError as err:
+        return err
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] alert")
+    error.reason = reason  # set by the ssl module on a real failure
+    return error
+
+
+def test_a_tls_verification_failure_names_the_ca_setting() -> None:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "unable to get local issuer certificate"
+    reason = _reason(_tls_failure(error))
+    assert reason.startswith("TLS verification of the session store failed (unable to get")
+    assert "check AGENT_SESSION_CA_FILE" in reason
+
+
+@pytest.mark.parametrize(
+    ("alert", "says"),
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "requires a client certificate: set"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "refused the client certificate (TLSV1_ALERT_UNKNOWN_CA)"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "refused the client certificate"),
+    ],
+)
+def test_a_refused_client_certificate_names_the_certificate_settings(alert: str, says: str) -> None:
+    reason = _reason(_tls_failure(_ssl_error(alert)))
+    assert says in reason
+    assert "AGENT_SESSION_CERT_FILE and AGENT_SESSION_KEY_FILE" in reason
+
+
+def test_other_store_failures_are_named_by_their_type() -> None:
+    assert _reason(RedisConnectionError("refused")) == "ConnectionError"
+    reason = _reason(_tls_failure(_ssl_error("WRONG_VERSION_NUMBER")))
+    assert reason == "TLS handshake with the session store failed (WRONG_VERSION_NUMBER)"
