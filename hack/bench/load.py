@@ -74,12 +74,16 @@ def load(
     warmup_s: int,
     duration_s: int,
     timeout_s: int = 5,
+    api_key: str | None = None,
 ) -> Run:
     """Warm up (unless `warmup_s` is 0), then measure one subject under wrk.
 
-    Chat paths POST bodies over a pool of sessions (chat.lua); anything else is a plain GET.
+    Chat paths POST bodies over a pool of sessions (chat.lua), with `Authorization: Bearer
+    <api_key>` when given; anything else is a plain GET.
     """
     script, args = ("chat.lua", [str(SESSIONS)]) if path.startswith("/v1/chat") else ("get.lua", [])
+    if api_key:
+        args.append(api_key)
     url = proc.url + path
     flush_redis(redis_port)
     if warmup_s:

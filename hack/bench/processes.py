@@ -1,8 +1,10 @@
-"""The processes a bench run starts (redis-server, the service, the baselines), stopped by pid."""
+"""The processes a bench run starts (redis-server, the service, the baselines, an OpenTelemetry
+Collector), stopped by pid."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -108,15 +110,48 @@ class Processes:
         return proc
 
     def start_service(
-        self, name: str, redis_url: str, src: Path = SERVICE_SRC, **settings: str
+        self,
+        name: str,
+        redis_url: str,
+        src: Path = SERVICE_SRC,
+        other_env: dict[str, str] | None = None,
+        **settings: str,
     ) -> Proc:
-        """The service (from `src`, e.g. a candidate's tree) with AGENT_* `settings` on top."""
+        """The service (from `src`, e.g. a candidate's tree) with AGENT_* `settings` on top, and
+        `other_env` (e.g. OTEL_*)."""
         port = free_port()
         env = service_env(port, redis_url)
         env.update({f"AGENT_{k.upper()}": v for k, v in settings.items()})
+        env.update(other_env or {})
         if src != SERVICE_SRC:
             env["PYTHONPATH"] = str(src)
         return self.start(name, [PYTHON, "-m", "agent_service"], port, env)
+
+    def start_collector(self) -> Proc:
+        """The OpenTelemetry Collector of `make otelcol`: OTLP over HTTP in, spans dropped.
+
+        The spans go to /dev/null by the file exporter: the collector still decodes every
+        request, as a real one does, and the run's disk stays out of the figures.
+        """
+        port = free_port()
+        config = self.logs / "otelcol.yaml"
+        config.write_text(
+            json.dumps(  # YAML is a superset of JSON
+                {
+                    "receivers": {
+                        "otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{port}"}}}
+                    },
+                    "exporters": {"file": {"path": os.devnull}},
+                    "service": {
+                        "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                        "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file"]}},
+                    },
+                }
+            )
+        )
+        proc = self.start("otelcol", [str(otelcol_binary()), "--config", str(config)], port, {})
+        wait_for(lambda: listening(port), 30, "otelcol to listen", proc)
+        return proc
 
     def start_baseline(self, name: str, redis_url: str, framework: str, latency_ms: int) -> Proc:
         """A baseline app of hack/bench/floor.py doing the service's Redis work."""
@@ -141,6 +176,23 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: Proc | 
             return
         time.sleep(0.01)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+def otelcol_binary() -> Path:
+    """Where `make otelcol` puts the collector (hack/tools/build.sh)."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "tools" / "build.sh"), "--dir", "otelcol"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Path(out) / "otelcol"
+
+
+def listening(port: int) -> bool:
+    """True once something accepts TCP connections on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def answers(url: str, client: httpx.Client) -> bool:

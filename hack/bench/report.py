@@ -117,6 +117,13 @@ def summarise(measured: Measured, profile: Profile) -> dict[str, Any]:
         "stream_vs_ideal": stream["rps"] / profile.stream_ideal_rps,
         "stream_kib_per_turn": in_flight_kib,
         "workers_2_vs_1": row[("workers", "w2")]["rps"] / chat["rps"] if chat["rps"] else 0.0,
+        # What a feature costs: on / off, each round's pair back to back. Printed, not targeted.
+        "clients_throughput": paired_ratio(runs, "clients", "on", "off", rps),
+        "clients_p99": paired_ratio(runs, "clients", "on", "off", p99),
+        "clients_cpu": paired_ratio(runs, "clients", "on", "off", cpu),
+        "otel_throughput": paired_ratio(runs, "otel", "on", "off", rps),
+        "otel_p99": paired_ratio(runs, "otel", "on", "off", p99),
+        "otel_cpu": paired_ratio(runs, "otel", "on", "off", cpu),
         "candidates": {
             name: {
                 "throughput_vs_floor": paired_ratio(runs, "chat", name, "floor", rps),
@@ -233,6 +240,10 @@ def label(scenario: str, subject: str, summary: dict[str, Any]) -> str:
         ("slow", "service"): f"3 chat, model {s['slow_latency_ms']} ms, service",
         ("slow", "floor"): f"3 chat, model {s['slow_latency_ms']} ms, floor",
         ("workers", "w2"): "6 chat, service (2 workers)",
+        ("clients", "on"): "8 chat, API key + usage + budgets + prices on",
+        ("clients", "off"): "8 chat, client features off",
+        ("otel", "on"): "9 chat, traces exported by OTLP",
+        ("otel", "off"): "9 chat, OTEL_* unset",
         (
             "stream",
             "service",
@@ -297,6 +308,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| 7 RSS of the worker, idle → peak with the streams in flight | "
         f"{rss['stream_idle']:.0f} → {rss['stream_peak']:.0f} MiB "
         f"({r['stream_kib_per_turn']:.1f} KiB per stream) |",
+        f"| 8 API key + usage + budgets on / off: throughput; p99; CPU per turn | "
+        f"{r['clients_throughput']:.2f}x; {r['clients_p99']:.2f}x; {r['clients_cpu']:.2f}x |",
+        f"| 9 OTLP trace export on / OTEL_* unset: throughput; p99; CPU per turn | "
+        f"{r['otel_throughput']:.2f}x; {r['otel_p99']:.2f}x; {r['otel_cpu']:.2f}x |",
         "",
         "| target | measured | wanted | verdict |",
         "|---|--:|--:|---|",
@@ -319,7 +334,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
 
     rows = summary["table"]
     labels = [label(r["scenario"], r["subject"], summary) for r in rows]
-    colours = ["#1f77b4" if r["subject"] in ("service", "w2") else "#999999" for r in rows]
+    colours = ["#1f77b4" if r["subject"] in ("service", "w2", "on") else "#999999" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6), layout="constrained")
     ys = list(range(len(rows)))
     left.barh(ys, [r["rps"] for r in rows], color=colours)
@@ -375,7 +390,10 @@ when other work takes the cores, so its ratio is the steadiest measure of the sh
 Scenario 7 holds {s["stream_connections"]:,} streamed turns in flight on one worker (model
 latency {s["stream_latency_ms"] / 1000:g} s) for {s["stream_duration_s"]} s: an ideal server
 completes every connection's turn each {s["stream_latency_ms"] / 1000:g} s, and the memory per
-stream is the worker's peak RSS above its idle RSS, divided by the streams. The service runs
+stream is the worker's peak RSS above its idle RSS, divided by the streams. Scenarios 8 and 9
+price two features against the same service without them, on / off in alternating order:
+API keys + token usage + budgets (session and client-day, reserved and settled in Redis) + a
+price table, and trace export by OTLP to a real OpenTelemetry Collector. The service runs
 as in production: JSON request logs at `info` (to a file), Prometheus metrics, one worker
 unless stated. `BENCH_CANDIDATES=name=git-ref,…` adds other versions of the service (their
 `service/src` at that commit) to the chat scenario, side by side.

@@ -30,6 +30,7 @@ from processes import (
     base_env,
     candidate_tree,
     log,
+    otelcol_binary,
     wait_for,
 )
 from procstat import cpu_seconds, rss_kib, worker_pids
@@ -37,6 +38,15 @@ from procstat import cpu_seconds, rss_kib, worker_pids
 CHAT_CONNECTIONS = 32
 SLOW_CONNECTIONS = 256
 SLOW_LATENCY_MS = 200
+BENCH_CLIENT = "bench"
+BENCH_CLIENT_KEY = "bench-client-key-not-a-secret"  # a throw-away key of a local run
+# Scenario 8 "on": every client feature of a turn at work. Budgets far above what a run spends,
+# so each turn claims its session and reserves and settles both budgets, and none is refused.
+CLIENTS_ON = {
+    "budget_client_daily_tokens": str(10**12),
+    "budget_session_tokens": str(10**9),
+    "model_prices": '{"echo": {"input": 1.0, "output": 2.0}}',
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ PLAN: list[tuple[str, str, int, list[str]]] = [
     ("chat", "/v1/chat", CHAT_CONNECTIONS, ["service", "floor", "fastapi"]),
     ("slow", "/v1/chat", SLOW_CONNECTIONS, ["service", "floor"]),
     ("workers", "/v1/chat", CHAT_CONNECTIONS, ["w2"]),
+    # The same service with API keys, budgets and a price table on, against all of them off.
+    ("clients", "/v1/chat", CHAT_CONNECTIONS, ["on", "off"]),
+    # The same service exporting traces to a real OTLP receiver, against OTEL_* unset.
+    ("otel", "/v1/chat", CHAT_CONNECTIONS, ["on", "off"]),
 ]
 
 
@@ -124,6 +138,9 @@ def measure(profile: Profile, logs: Path, candidates: dict[str, str]) -> Measure
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
         # Cold start first, while nothing else of ours runs.
         cold = cold_starts(profile, redis_url, processes, client)
+        keys_file = logs / "api-keys"
+        keys_file.write_text(f"{BENCH_CLIENT}:{BENCH_CLIENT_KEY}\n")
+        collector = processes.start_collector()
 
         subjects: dict[tuple[str, str], Proc] = {
             ("chat", "service"): processes.start_service("service-chat", redis_url),
@@ -139,6 +156,17 @@ def measure(profile: Profile, logs: Path, candidates: dict[str, str]) -> Measure
             ("stream", "service"): processes.start_service(
                 "service-stream", redis_url, echo_latency_ms=str(profile.stream_latency_ms)
             ),
+            ("clients", "on"): processes.start_service(
+                "service-clients", redis_url, api_keys_file=str(keys_file), **CLIENTS_ON
+            ),
+            ("otel", "on"): processes.start_service(
+                "service-otel",
+                redis_url,
+                other_env={
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                    "OTEL_SERVICE_NAME": "agent-bench",
+                },
+            ),
         }
         for name, ref in candidates.items():
             src = candidate_tree(ref, logs)
@@ -149,9 +177,12 @@ def measure(profile: Profile, logs: Path, candidates: dict[str, str]) -> Measure
         ]
         for proc in subjects.values():
             wait_for(lambda p=proc: answers(p.url + "/readyz", client), 60, "/readyz", proc)  # type: ignore[misc]
-        # The healthz pair reuses the chat processes: same app, different route.
+        # The healthz pair reuses the chat processes: same app, different route; so do the
+        # "off" sides of scenarios 8 and 9.
         subjects[("healthz", "service")] = subjects[("chat", "service")]
         subjects[("healthz", "floor")] = subjects[("chat", "floor")]
+        subjects[("clients", "off")] = subjects[("chat", "service")]
+        subjects[("otel", "off")] = subjects[("chat", "service")]
 
         time.sleep(1)  # let start-up allocations settle before reading idle memory
         w2_pid = subjects[("workers", "w2")].popen.pid
@@ -180,6 +211,8 @@ def measure(profile: Profile, logs: Path, candidates: dict[str, str]) -> Measure
                             redis.port,
                             warmup_s=profile.warmup_s,
                             duration_s=profile.duration_s,
+                            # Both sides of scenario 8 get the same requests; "off" ignores it.
+                            api_key=BENCH_CLIENT_KEY if scenario == "clients" else None,
                         )
                     )
         log(
@@ -285,4 +318,7 @@ def cold_start_imports(modules: list[str]) -> tuple[float, float]:
 
 
 def prerequisites_missing() -> list[str]:
-    return [tool for tool in ("wrk", "redis-server") if shutil.which(tool) is None]
+    missing = [tool for tool in ("wrk", "redis-server") if shutil.which(tool) is None]
+    if not otelcol_binary().exists():
+        missing.append("the OpenTelemetry Collector (make otelcol)")
+    return missing

@@ -7,3 +7,5 @@ otelcol: ## build the OpenTelemetry Collector (OTLP receiver, file exporter) for
 	@CACHE_DIR=$(CACHE_DIR) $(ROOT)/hack/tools/build.sh otelcol
 
 TEST_PREREQS += otelcol
+# make bench's scenario 9 exports traces to it.
+bench: otelcol

@@ -80,6 +80,10 @@ def test_quick_make_bench_measures_every_scenario_and_prints_each_target(tmp_pat
         ("slow", "floor"),
         ("workers", "w2"),
         ("stream", "service"),
+        ("clients", "on"),
+        ("clients", "off"),
+        ("otel", "on"),
+        ("otel", "off"),
     }
     for key, row in measured.items():
         assert row["requests"] > 0, key
@@ -93,5 +97,8 @@ def test_quick_make_bench_measures_every_scenario_and_prints_each_target(tmp_pat
     assert len(summary["cold_start_s"]["service"]) == 2
     assert all(v > 0 for v in summary["rss_mib"]["idle_w2"])
     assert len(summary["rss_mib"]["idle_w2"]) == 2
+    # Scenarios 8 and 9 print their on / off figures (no target: a price, not a pass mark).
+    assert re.search(r"\| 8 API key \+ usage \+ budgets on / off: .*x; .*x; .*x \|", done.stdout)
+    assert re.search(r"\| 9 OTLP trace export on / OTEL_\* unset: .*x; .*x; .*x \|", done.stdout)
     assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _digest(DOCS) == docs_before  # a quick run never rewrites the committed page
