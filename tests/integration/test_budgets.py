@@ -173,3 +173,39 @@ def test_fifty_concurrent_turns_across_two_replicas_spend_exactly_a_budget_of_te
     assert tokens == {"input": 700.0, "output": 300.0}
     assert cost == pytest.approx(10 * (70 * 3 + 30 * 15) / 1e6)
     assert refusals == 40
+
+
+def test_a_sessions_totals_add_up_every_turn_on_any_replica_trimmed_ones_included(
+    redis_server, start_service
+) -> None:
+    replicas = [
+        start_service(
+            AGENT_SESSION_URL=redis_server.url,
+            AGENT_MAX_HISTORY_MESSAGES="2",
+            AGENT_CONTEXT_MESSAGES="2",
+        )
+        for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.wait_ready()
+    usages = []
+    for i, message in enumerate(["one", "one two", "calc 6*7", "count a b c"]):
+        answer = httpx.post(
+            replicas[i % 2].url + "/v1/chat", json={"session_id": "totals", "message": message}
+        )
+        assert answer.status_code == 200, answer.text
+        usages.append(answer.json()["usage"])
+    expected = {
+        "input_tokens": sum(u["input_tokens"] for u in usages),
+        "output_tokens": sum(u["output_tokens"] for u in usages),
+    }
+    for replica in replicas:
+        history = httpx.get(replica.url + "/v1/sessions/totals").json()
+        assert len(history["messages"]) == 2
+        assert history["usage"] == expected
+
+    stored = redis.Redis(port=redis_server.port, password=redis_server.password)
+    totals_key = session_budget_keys(session_tag("totals"))[0]
+    assert stored.ttl(totals_key) > 0  # it expires with the session
+    assert httpx.delete(replicas[1].url + "/v1/sessions/totals").status_code == 204
+    assert not stored.exists(totals_key)

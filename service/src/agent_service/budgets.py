@@ -15,7 +15,9 @@ once the reservation is gone, which makes a settle retried after a lost reply co
 Keys: a budget is three keys sharing one Redis Cluster hash tag: the session's own tag for a
 session budget (so it lives beside the session), `{moorage:budget:client:<name>:<day>}` for a
 client's day. A turn with both budgets reserves the client's first, then the session's, and
-gives the client's back if the session refuses; each budget stays exact on its own.
+gives the client's back if the session refuses; each budget stays exact on its own. A session's
+totals (what its history reports) are its budget's first key; without a session budget each
+turn adds its usage there by `RECORD_SCRIPT`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ redis.call('HINCRBY', KEYS[1], 'spent', input + output)
 redis.call('HINCRBY', KEYS[1], 'input', input)
 redis.call('HINCRBY', KEYS[1], 'output', output)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+return 1
+"""
+
+# KEYS: totals. ARGV: input tokens, output tokens, ttl s. A turn's usage added to its session's
+# totals when no session budget settles it there already.
+RECORD_SCRIPT = """
+local input, output = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'spent', input + output)
+redis.call('HINCRBY', KEYS[1], 'input', input)
+redis.call('HINCRBY', KEYS[1], 'output', output)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -117,12 +130,41 @@ def utc_day(now: float | None = None) -> tuple[str, int]:
 
 
 class RedisBudgets:
-    """Budgets kept in Redis by the two scripts above."""
+    """Budgets kept in Redis by the scripts above."""
 
-    def __init__(self, reserve: Script, settle: Script, lease_s: float) -> None:
+    def __init__(
+        self,
+        reserve: Script,
+        settle: Script,
+        lease_s: float,
+        record: Script | None = None,
+        read: Script | None = None,
+        forget: Script | None = None,
+    ) -> None:
         self._reserve = reserve
         self._settle = settle
+        self._record = record
+        self._read = read
+        self._forget = forget
         self._lease_ms = math.ceil(lease_s * 1000)
+
+    async def record(self, keys: tuple[str, str, str], usage: Usage, ttl_s: int) -> None:
+        """Add a turn's usage to totals that no budget settles (a session's without a budget)."""
+        assert self._record is not None
+        await self._record(keys[:1], [usage.input_tokens, usage.output_tokens, ttl_s])
+
+    async def totals(self, keys: tuple[str, str, str]) -> Usage | None:
+        """What was recorded under these keys; None when nothing was (or it expired)."""
+        assert self._read is not None
+        input_tokens, output_tokens = await self._read(keys[:1], [])
+        if input_tokens is None:
+            return None
+        return Usage(int(input_tokens), int(output_tokens or 0))
+
+    async def forget(self, keys: tuple[str, str, str]) -> None:
+        """Drop the totals and reservations (a deleted session's)."""
+        assert self._forget is not None
+        await self._forget(list(keys), [])
 
     async def reserve(self, budgets: Sequence[Budget], tokens: int) -> Reservation:
         """Reserve `tokens` in every budget, or none: BudgetExceeded names the first refusal."""
@@ -152,9 +194,13 @@ class RedisBudgets:
 
 @dataclass
 class _Totals:
-    spent: int = 0
+    used: Usage = field(default_factory=Usage)
     reserved: dict[str, int] = field(default_factory=dict)
     expires: float = 0.0
+
+    @property
+    def spent(self) -> int:
+        return self.used.total
 
 
 class MemoryBudgets:
@@ -164,12 +210,28 @@ class MemoryBudgets:
         self._budgets: dict[tuple[str, ...], _Totals] = {}
 
     def _totals(self, budget: Budget) -> _Totals:
+        return self._at(budget.keys, budget.ttl_s)
+
+    def _at(self, keys: tuple[str, ...], ttl_s: int) -> _Totals:
         now = time.monotonic()
-        totals = self._budgets.get(budget.keys)
+        totals = self._budgets.get(keys)
         if totals is None or totals.expires < now:
-            totals = self._budgets[budget.keys] = _Totals()
-        totals.expires = now + budget.ttl_s
+            totals = self._budgets[keys] = _Totals()
+        totals.expires = now + ttl_s
         return totals
+
+    async def record(self, keys: tuple[str, str, str], usage: Usage, ttl_s: int) -> None:
+        totals = self._at(keys, ttl_s)
+        totals.used += usage
+
+    async def totals(self, keys: tuple[str, str, str]) -> Usage | None:
+        totals = self._budgets.get(keys)
+        if totals is None or totals.expires < time.monotonic():
+            return None
+        return totals.used
+
+    async def forget(self, keys: tuple[str, str, str]) -> None:
+        self._budgets.pop(keys, None)
 
     async def reserve(self, budgets: Sequence[Budget], tokens: int) -> Reservation:
         held = Reservation(secrets.token_hex(8))
@@ -188,7 +250,7 @@ class MemoryBudgets:
         for budget in held:
             totals = self._totals(budget)
             if totals.reserved.pop(reservation.id, None) is not None:
-                totals.spent += usage.total
+                totals.used += usage
 
 
 Budgets = RedisBudgets | MemoryBudgets
@@ -240,4 +302,11 @@ def open_budgets(store: Any, lease_s: float) -> Budgets:
     script = getattr(store, "script", None)
     if script is None:
         return MemoryBudgets()
-    return RedisBudgets(script(RESERVE_SCRIPT), script(SETTLE_SCRIPT), lease_s + LEASE_MARGIN_S)
+    return RedisBudgets(
+        script(RESERVE_SCRIPT),
+        script(SETTLE_SCRIPT),
+        lease_s + LEASE_MARGIN_S,
+        record=script(RECORD_SCRIPT),
+        read=script("return redis.call('HMGET', KEYS[1], 'input', 'output')"),
+        forget=script("return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])"),
+    )

@@ -71,6 +71,9 @@ class SessionOut(BaseModel):
     next_before: int | None = Field(
         None, description="Pass as `before` for the previous (older) page; absent on the first."
     )
+    usage: UsageOut | None = Field(
+        None, description="Tokens of all the session's turns (trimmed ones included)."
+    )
 
 
 class Health(BaseModel):

@@ -144,3 +144,26 @@ def test_streamed_usage_matches_the_whole_turns(make_client: Client) -> None:
     text = client.post("/v1/chat/stream", json={"session_id": "s", "message": "a b c"}).text
     reply = json.loads(text.strip().split("\n\n")[-1].split("\n")[1][6:])
     assert reply["usage"] == whole["usage"]
+
+
+@pytest.mark.parametrize("session_budget", [None, 1_000_000])
+def test_a_sessions_history_reports_the_totals_of_all_its_turns(
+    make_client: Client, session_budget: int | None
+) -> None:
+    client = make_client(
+        budget_session_tokens=session_budget, max_history_messages=2, context_messages=2
+    )
+    turns = [
+        client.post("/v1/chat", json={"session_id": "t", "message": m}).json()["usage"]
+        for m in ("one", "one two", "calc 6*7")
+    ]
+    history = client.get("/v1/sessions/t").json()
+    assert len(history["messages"]) == 2  # the first two turns were trimmed; not their tokens
+    assert history["usage"] == {
+        "input_tokens": sum(u["input_tokens"] for u in turns),
+        "output_tokens": sum(u["output_tokens"] for u in turns),
+    }
+    assert client.delete("/v1/sessions/t").status_code == 204
+    client.post("/v1/chat", json={"session_id": "t", "message": "again"})
+    again = client.get("/v1/sessions/t").json()
+    assert again["usage"] == again["messages"][1]["usage"]  # a new session under the old id

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from agent_service import tracing
 from agent_service.agent import Agent, ModelTimeout, TurnUsage
-from agent_service.budgets import BudgetExceeded, Reservation
+from agent_service.budgets import BudgetExceeded, Reservation, session_budget_keys
 from agent_service.deps import AppState, StateDep, authenticate, client_of
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.lifecycle import Phase
@@ -180,13 +180,18 @@ class Turn:
             return spend.answer
         used = spend.used
         spend.answer = self.state["usage"].record(self.client, used.model, used.usage)
-        if spend.reservation is not None:
-            try:
-                await self.state["budgets"].settle(spend.reservation, used.usage)
-            except StoreUnavailable:
-                # The reservation's lease ends by itself; this turn's tokens go unrecorded.
-                self.metrics.store_errors.labels("budget").inc()
-                log.warning("a turn's token usage could not be recorded in its budgets")
+        budgets, policy = self.state["budgets"], self.state["budget_policy"]
+        try:
+            if spend.reservation is not None:
+                await budgets.settle(spend.reservation, used.usage)
+            if policy.session_tokens is None and used.usage.total:
+                # The session's totals (its history's `usage`), which a session budget keeps.
+                keys = session_budget_keys(session_tag(self.session_id))
+                await budgets.record(keys, used.usage, policy.session_ttl_s)
+        except StoreUnavailable:
+            # A reservation's lease ends by itself; this turn's tokens go unrecorded.
+            self.metrics.store_errors.labels("budget").inc()
+            log.warning("a turn's token usage could not be recorded in its budgets")
         return spend.answer
 
     async def save(self, answer: dict[str, Any]) -> dict[str, Any]:

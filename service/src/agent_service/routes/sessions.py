@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from agent_service.budgets import session_budget_keys
 from agent_service.deps import AppState, StateDep, authenticate, client_of
 from agent_service.errors import ApiError, ErrorBody, store_unavailable_is_503
 from agent_service.schemas import (
@@ -46,9 +47,10 @@ async def get_session(
     limit: Annotated[int, Query(ge=1, le=HISTORY_PAGE_MAX)] = HISTORY_PAGE_DEFAULT,
     before: Annotated[int | None, Query(ge=0)] = None,
 ) -> SessionOut:
-    """A page of the stored history, oldest first: the last `limit` messages before `before`.
+    """A page of the stored history, oldest first: the last `limit` messages before `before`,
+    and the session's token totals (all its turns, trimmed ones included) as `usage`.
 
-    Answers within AGENT_STORE_TIMEOUT_S (one store call), else 503 `store-unavailable`.
+    Each store call answers within AGENT_STORE_TIMEOUT_S, else 503 `store-unavailable`.
     """
     request.state.session_id = session_id
     await _check_owner(request, state, session_id)
@@ -56,6 +58,8 @@ async def get_session(
         page = await state["store"].page(session_id, limit, before)
     if page is None:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
+    with store_unavailable_is_503(state["metrics"], "read"):
+        totals = await state["budgets"].totals(session_budget_keys(session_tag(session_id)))
     messages = [{**m, "seq": page.first + i} for i, m in enumerate(page.messages)]
     older = page.first > page.oldest
     return SessionOut.model_validate(
@@ -63,6 +67,7 @@ async def get_session(
             "session_id": session_id,
             "messages": messages,
             "next_before": page.first if older else None,
+            "usage": None if totals is None else totals.as_dict(),
         }
     )
 
@@ -76,6 +81,7 @@ async def delete_session(session_id: SessionPath, request: Request, state: State
         deleted = await state["store"].delete(session_id)
         if client_of(request) is not None:
             await state["owners"].forget(session_tag(session_id))
+        await state["budgets"].forget(session_budget_keys(session_tag(session_id)))
     if not deleted:
         raise ApiError(404, "session-not-found", "no such session (it may have expired)")
     return Response(status_code=204)
