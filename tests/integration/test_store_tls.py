@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from tests.conftest import free_port, require_binary
 from tests.integration.conftest import SECRET, Service, wait_until
 
 PLAIN_TEXT_ATTEMPT = "wrong version number"  # what OpenSSL says of a plain-text client
+SENTINEL_MASTER = "sessions"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,13 @@ def _issue(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) -
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     ca = _ca(directory, "ca")
-    # The service checks the host name: the certificate names the address it is reached at.
+    # The service checks the host name: the certificate names the address it is reached at. The
+    # servers also present it as clients of each other (the cluster bus, replication).
     server = _issue(
-        directory, "server", ca, "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+        directory,
+        "server",
+        ca,
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth",
     )
     client = _issue(directory, "agent", ca, "extendedKeyUsage=clientAuth")
     other_ca = _ca(directory, "other-ca")
@@ -83,67 +89,104 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @dataclass
 class TlsRedis:
-    """A redis-server with a TLS port and no plain-text port; its log file kept for checks."""
+    """A redis-server (or sentinel) with a TLS port and no plain-text port; its log kept."""
 
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
     pki: Pki
+    password: str | None = SECRET
 
     @property
     def url(self) -> str:
         return f"rediss://:{SECRET}@127.0.0.1:{self.port}/0"
 
-    def tls_client(self) -> redis.Redis:
-        return redis.Redis(
+    def call(self, command: str, *args: Any) -> Any:
+        """One command over a TLS connection of the test's own (closed afterwards)."""
+        with redis.Redis(
             host="127.0.0.1",
             port=self.port,
-            password=SECRET,
+            password=self.password,
             ssl=True,
             ssl_ca_certs=str(self.pki.ca),
             ssl_certfile=str(self.pki.client_cert),
             ssl_keyfile=str(self.pki.client_key),
             socket_timeout=2,
-        )
+        ) as client:
+            return getattr(client, command)(*args)
 
     def handshake_errors(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if "SSL routines" in line]
 
     def answers(self) -> bool:
         try:
-            return bool(self.tls_client().ping())
+            return bool(self.call("ping"))
         except (redis.RedisError, OSError):
             return False
 
 
+def _tls_only(pki: Pki, port: int, log: Path, *, client_certs: bool) -> list[tuple[str, ...]]:
+    """Configuration of a server that speaks TLS only, to clients and to its own master."""
+    return [
+        ("port", "0"),  # no plain-text listener at all
+        ("tls-port", str(port)),
+        ("bind", "127.0.0.1"),
+        ("tls-cert-file", str(pki.server_cert)),
+        ("tls-key-file", str(pki.server_key)),
+        ("tls-ca-cert-file", str(pki.ca)),
+        ("tls-auth-clients", "yes" if client_certs else "no"),
+        ("tls-replication", "yes"),  # replicas and sentinels reach their master over TLS
+        ("logfile", str(log)),
+    ]
+
+
 @pytest.fixture
 def tls_redis(redis_binary: str, pki: Pki, tmp_path: Path) -> Iterator[Callable[..., TlsRedis]]:
-    """Factory: a TLS-only redis-server; `client_certs=True` requires a client certificate."""
+    """Factory: a TLS-only redis-server; `client_certs=True` requires a client certificate,
+    `replica_of` makes it a replica, `cluster_node` a node of a cluster yet to be created, and
+    `sentinel_of` a sentinel watching that master instead."""
     started: list[TlsRedis] = []
 
-    def start(*, client_certs: bool = False) -> TlsRedis:
+    def start(
+        *,
+        client_certs: bool = False,
+        replica_of: TlsRedis | None = None,
+        cluster_node: bool = False,
+        sentinel_of: TlsRedis | None = None,
+    ) -> TlsRedis:
         port = free_port()
         log = tmp_path / f"redis-{port}.log"
-        proc = subprocess.Popen(
-            [
-                redis_binary,
-                "--port", "0",  # no plain-text listener at all
-                "--tls-port", str(port),
-                "--bind", "127.0.0.1",
-                "--tls-cert-file", str(pki.server_cert),
-                "--tls-key-file", str(pki.server_key),
-                "--tls-ca-cert-file", str(pki.ca),
-                "--tls-auth-clients", "yes" if client_certs else "no",
-                "--requirepass", SECRET,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(tmp_path),
-                "--logfile", str(log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        server = TlsRedis(port, proc, log, pki)
+        config = _tls_only(pki, port, log, client_certs=client_certs)
+        if sentinel_of is not None:
+            conf = tmp_path / f"sentinel-{port}.conf"
+            config += [
+                ("dir", str(tmp_path)),
+                ("sentinel", "monitor", SENTINEL_MASTER, "127.0.0.1", str(sentinel_of.port), "1"),
+                ("sentinel", "auth-pass", SENTINEL_MASTER, SECRET),
+            ]
+            conf.write_text("".join(" ".join(line) + "\n" for line in config))
+            command = [redis_binary, str(conf), "--sentinel"]
+        else:
+            config += [
+                ("requirepass", SECRET),
+                ("masterauth", SECRET),
+                ("save", "''"),
+                ("appendonly", "no"),
+                ("repl-diskless-sync-delay", "0"),
+                ("dir", str(tmp_path)),
+            ]
+            if replica_of is not None:
+                config.append(("replicaof", "127.0.0.1", str(replica_of.port)))
+            if cluster_node:
+                config += [
+                    ("cluster-enabled", "yes"),
+                    ("tls-cluster", "yes"),  # the cluster bus speaks TLS too
+                    ("cluster-port", str(free_port())),
+                    ("cluster-config-file", f"nodes-{port}.conf"),
+                ]
+            command = [redis_binary, *(arg for line in config for arg in _flag(line))]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = TlsRedis(port, proc, log, pki, None if sentinel_of else SECRET)
         started.append(server)
         wait_until(server.answers, 30, "the TLS redis-server to answer PING over TLS")
         return server
@@ -152,6 +195,12 @@ def tls_redis(redis_binary: str, pki: Pki, tmp_path: Path) -> Iterator[Callable[
     for server in started:
         server.proc.kill()
         server.proc.wait(timeout=10)
+
+
+def _flag(line: tuple[str, ...]) -> list[str]:
+    """A configuration line as redis-server's command-line arguments."""
+    name, *values = line
+    return [f"--{name}", *(v.strip("'") for v in values)]
 
 
 def _chat(service: Service, session_id: str, message: str) -> httpx.Response:
@@ -206,11 +255,11 @@ def test_the_right_ca_serves_turns_over_tls_only(
     for n in range(3):
         assert _chat(service, "tls-session", f"turn {n}").status_code == 200
 
-    history = server.tls_client().lrange(session_key("tls-session"), 0, -1)
+    history = server.call("lrange", session_key("tls-session"), 0, -1)
     assert [json.loads(m)["content"] for m in history][::2] == ["turn 0", "turn 1", "turn 2"]
     # The server has no plain-text listener, and the service never tried plain text on the
     # TLS port (the server would have logged the failed handshake).
-    assert server.tls_client().config_get("port") == {"port": "0"}
+    assert server.call("config_get", "port") == {"port": "0"}
     assert server.handshake_errors() == []
     # The check above can fail: a plain-text client is refused and logged.
     with pytest.raises(redis.ConnectionError):
@@ -236,7 +285,7 @@ def test_a_wrong_ca_fails_readiness_at_start_and_never_falls_back_to_plain_text(
     wait_until(server.handshake_errors, 10, "the server to log the broken-off handshakes")
     errors = server.handshake_errors()
     assert not any(PLAIN_TEXT_ATTEMPT in e for e in errors), errors
-    assert server.tls_client().dbsize() == 0
+    assert server.call("dbsize") == 0
 
 
 def test_a_client_certificate_is_presented_when_the_server_requires_one(
@@ -251,7 +300,7 @@ def test_a_client_certificate_is_presented_when_the_server_requires_one(
     )
     service.wait_ready()
     assert _chat(service, "mtls-session", "hello").status_code == 200
-    assert server.tls_client().exists(session_key("mtls-session")) == 1
+    assert server.call("exists", session_key("mtls-session")) == 1
 
     without = start_service(AGENT_SESSION_URL=server.url, AGENT_SESSION_CA_FILE=str(pki.ca))
     stranger = start_service(
@@ -264,3 +313,59 @@ def test_a_client_certificate_is_presented_when_the_server_requires_one(
     stranger.wait_healthy()
     _assert_not_ready_with(without, "requires a client certificate: set AGENT_SESSION_CERT_FILE")
     _assert_not_ready_with(stranger, "refused the client certificate")
+
+
+def test_a_tls_sentinel_finds_a_tls_master_whose_replica_acknowledges_each_turn(
+    tls_redis, pki: Pki, start_service
+) -> None:
+    master = tls_redis()
+    replica = tls_redis(replica_of=master)
+    sentinel = tls_redis(sentinel_of=master)
+    wait_until(
+        lambda: master.call("info", "replication").get("slave0", {}).get("state") == "online",
+        30,
+        "the replica to sync over TLS",
+    )
+    url = f"rediss+sentinel://:{SECRET}@127.0.0.1:{sentinel.port}/{SENTINEL_MASTER}"
+    service = start_service(AGENT_SESSION_URL=url, AGENT_SESSION_CA_FILE=str(pki.ca))
+    service.wait_ready()
+
+    for n in range(3):  # WAIT 1, the default with Sentinel: the replica has each turn
+        assert _chat(service, "tls-sentinel", f"turn {n}").status_code == 200
+
+    history = replica.call("lrange", session_key("tls-sentinel"), 0, -1)
+    assert [json.loads(m)["content"] for m in history][::2] == ["turn 0", "turn 1", "turn 2"]
+    for server in (master, replica, sentinel):
+        assert server.handshake_errors() == [], server.handshake_errors()
+
+
+def test_a_tls_cluster_serves_sessions_on_every_master(tls_redis, pki: Pki, start_service) -> None:
+    nodes = [tls_redis(cluster_node=True) for _ in range(3)]
+    subprocess.run(
+        [
+            require_binary("redis-cli"), "--tls", "--cacert", str(pki.ca),
+            "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes",
+        ],
+        env={"REDISCLI_AUTH": SECRET},
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    wait_until(
+        lambda: all(n.call("cluster", "info").get("cluster_state") == "ok" for n in nodes),
+        30,
+        "the TLS cluster to cover every slot",
+    )
+    url = "rediss+cluster://:" + SECRET + "@" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+    # No replicas here (test_store_cluster.py proves failover): acknowledge without WAIT.
+    service = start_service(
+        AGENT_SESSION_URL=url, AGENT_SESSION_CA_FILE=str(pki.ca), AGENT_SESSION_MIN_REPLICAS="0"
+    )
+    service.wait_ready()
+
+    for n in range(30):
+        assert _chat(service, f"tls-cluster-{n}", "hello").status_code == 200
+
+    assert all(node.call("dbsize") > 0 for node in nodes), "a master holds no session"
+    for node in nodes:
+        assert node.handshake_errors() == [], node.handshake_errors()
