@@ -3,7 +3,7 @@
 A real Debian redis-server (built with TLS) listens on a TLS port only (`port 0`: no plain-text
 listener at all), with a CA and certificates made here by the openssl CLI. The server logs
 every connection that fails its handshake, so its log tells a plain-text attempt ("wrong
-version number") from a client that refused the server's certificate ("unknown ca").
+version number") from a TLS client that broke the handshake off (it refused the certificate).
 """
 
 from __future__ import annotations
@@ -245,9 +245,7 @@ def _assert_not_ready_with(service: Service, fragment: str) -> str:
     return next(e for e in _warmup_errors(service) if fragment in e)
 
 
-def test_the_right_ca_serves_turns_over_tls_only(
-    tls_redis, pki: Pki, start_service, request: pytest.FixtureRequest
-) -> None:
+def test_the_right_ca_serves_turns_over_tls_only(tls_redis, pki: Pki, start_service) -> None:
     server = tls_redis()
     service = start_service(AGENT_SESSION_URL=server.url, AGENT_SESSION_CA_FILE=str(pki.ca))
     service.wait_ready()
