@@ -33,7 +33,7 @@ tool_dir() { "$build" --dir "$1"; }
 link_tools() {
   mkdir -p "$bin_dir"
   local t d f
-  for t in kubernetes etcd kwok coredns metrics-server kind skaffold; do
+  for t in kubernetes etcd kwok coredns metrics-server crictl kind skaffold; do
     d=$(tool_dir "$t")
     for f in "$d"/*; do
       [[ -x $f && ! -d $f ]] && ln -sfn "$f" "$bin_dir/$(basename "$f")"
@@ -195,7 +195,7 @@ cmd_down() {
 
 main() {
   case ${1:-} in
-  tools) build_tools kubernetes etcd kwok coredns metrics-server helm4 helm3 kind skaffold ;;
+  tools) build_tools kubernetes etcd kwok coredns metrics-server crictl helm4 helm3 kind skaffold ;;
   up | down)
     # Two pytest sessions (or make and a session) must not create or delete at the same time.
     mkdir -p "$KWOK_WORKDIR"

@@ -9,7 +9,8 @@
 #   node.sh up           start (or reuse) the node's processes and wait until the node is Ready
 #   node.sh down         stop them by pid and put the host back as `host-state` found it
 #   node.sh host-state   print the host facts the node changes (sysctls, iptables, mounts, ...)
-#   node.sh load IMAGE   load an image from buildah's storage into the node's containerd
+#   node.sh load IMAGE [ALIAS...]   load an image from buildah's storage into the node's containerd
+#                                   (and name it ALIAS... there too)
 #
 # Environment: CACHE_DIR, CLUSTER_DIR (the kwokctl cluster's directory: pki/, kubeconfig.yaml).
 set -euo pipefail
@@ -154,7 +155,7 @@ client_kubeconfig() {
     openssl x509 -req -in "$dir/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
       -CAcreateserial -days 365 -out "$dir/$name.crt" 2>/dev/null
   fi
-  cat >"$node/$name.kubeconfig" <<EOF
+  put "$node/$name.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -170,29 +171,38 @@ current-context: local
 EOF
 }
 
+# Write stdin to the file $1 only when its content differs: kube-proxy exits when its config
+# file changes, so a second `up` on a running node must leave the files as they are.
+put() {
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
+}
+
 write_configs() {
   local ip=$1 server=$2 k8s
   k8s=$(tool_dir kubernetes)
   mkdir -p "$node"/{containerd/root,containerd/state,cni/net.d,cni/ipam,kubelet,pod-logs,volume-plugins}
   sed -e "s|@NODE@|$node|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
-    "$here/node/containerd.toml" >"$node/containerd/config.toml"
+    "$here/node/containerd.toml" | put "$node/containerd/config.toml"
   sed -e "s|@BRIDGE@|$BRIDGE|g" -e "s|@POD_CIDR@|$POD_CIDR|g" -e "s|@POD_GATEWAY@|$POD_GATEWAY|g" \
-    -e "s|@NODE@|$node|g" "$here/node/cni.conflist" >"$node/cni/net.d/10-moorage.conflist"
+    -e "s|@NODE@|$node|g" "$here/node/cni.conflist" | put "$node/cni/net.d/10-moorage.conflist"
   sed -e "s|@NODE@|$node|g" -e "s|@NODE_IP@|$ip|g" -e "s|@CA@|$cluster_dir/pki/ca.crt|g" \
     -e "s|@KUBELET_PORT@|$KUBELET_PORT|g" -e "s|@KUBELET_HEALTHZ_PORT@|$KUBELET_HEALTHZ_PORT|g" \
-    "$here/node/kubelet.yaml" >"$node/kubelet.yaml"
+    "$here/node/kubelet.yaml" | put "$node/kubelet.yaml"
   sed -e "s|@NODE@|$node|g" -e "s|@POD_CIDR@|$POD_CIDR|g" -e "s|@NODE_NAME@|$NODE_NAME|g" \
     -e "s|@PROXY_HEALTHZ_PORT@|$PROXY_HEALTHZ_PORT|g" -e "s|@PROXY_METRICS_PORT@|$PROXY_METRICS_PORT|g" \
-    "$here/node/kube-proxy.yaml" >"$node/kube-proxy.yaml"
+    "$here/node/kube-proxy.yaml" | put "$node/kube-proxy.yaml"
   sed -e "s|@NODE_IP@|$ip|g" -e "s|@DNS_HEALTH_PORT@|$DNS_HEALTH_PORT|g" \
     -e "s|@DNS_READY_PORT@|$DNS_READY_PORT|g" -e "s|@SERVICE_CIDR@|$SERVICE_CIDR|g" \
     -e "s|@POD_CIDR@|$POD_CIDR|g" -e "s|@KUBECONFIG@|$node/coredns.kubeconfig|g" \
-    "$here/node/Corefile" >"$node/Corefile"
+    "$here/node/Corefile" | put "$node/Corefile"
   client_kubeconfig kubelet "system:node:$NODE_NAME" system:nodes "$server"
   client_kubeconfig kube-proxy system:kube-proxy system:node-proxier "$server"
   # CoreDNS and metrics-server read with the cluster's admin identity (RBAC for them as pods is
   # not needed: they run on the node like the kubelet).
-  cp "$cluster_dir/kubeconfig.yaml" "$node/coredns.kubeconfig"
+  put "$node/coredns.kubeconfig" <"$cluster_dir/kubeconfig.yaml"
   : "$k8s"
 }
 
@@ -214,10 +224,12 @@ pause_image() {
 
 cmd_load() {
   local image=$1 archive id stamp
+  shift
   read -r -a bflags <<<"${BUILDAH_FLAGS:-}"
   id=$(buildah "${bflags[@]}" inspect --type image --format '{{.FromImageID}}' "$image")
   stamp=$node/images/$(echo "$image" | tr '/:' '__')
   if [[ -f $stamp && $(<"$stamp") == "$id" ]] && ctr images ls -q "name==$image" | grep -qx "$image"; then
+    load_aliases "$image" "$@"
     return 0
   fi
   mkdir -p "$node/images"
@@ -229,6 +241,17 @@ cmd_load() {
   rm -f "$archive"
   echo "$id" >"$stamp"
   log "loaded $image into the node"
+  load_aliases "$image" "$@"
+}
+
+# More names for an image already in the node (skaffold deploys a tag made of the image id).
+load_aliases() {
+  local image=$1 alias
+  shift
+  for alias in "$@"; do
+    ctr images tag --force "$image" "$alias" >/dev/null
+    log "tagged $image as $alias in the node"
+  done
 }
 
 node_ready() {
@@ -360,7 +383,7 @@ main() {
   up) cmd_up ;;
   down) cmd_down ;;
   host-state) cmd_host_state ;;
-  load) cmd_load "${2:?usage: node.sh load IMAGE}" ;;
+  load) shift; cmd_load "${1:?usage: node.sh load IMAGE [ALIAS...]}" "${@:2}" ;;
   *)
     sed -n '8,12p' "$0" >&2
     exit 2

@@ -1,7 +1,7 @@
 # Local Kubernetes control plane (kwokctl --runtime binary) and the Go-built tools around it.
 # Binaries go to $(CACHE_DIR)/bin/<tool>-<version>/, pinned by the wrapper modules in hack/tools/.
 CLUSTER_SH := $(ROOT)/hack/cluster/cluster.sh
-CLUSTER_TOOLS := kubernetes etcd kwok coredns metrics-server helm4 helm3 kind skaffold
+CLUSTER_TOOLS := kubernetes etcd kwok coredns metrics-server crictl helm4 helm3 kind skaffold
 export CACHE_DIR
 # The real node's runtime and network pieces: Debian's, pinned by the release (see docs/real-node.md).
 APT_PACKAGES += containerd runc containernetworking-plugins iptables nftables openssl
@@ -10,7 +10,7 @@ APT_PACKAGES += containerd runc containernetworking-plugins iptables nftables op
 
 # Sequential on purpose: each go build already uses every core, and running two at once only
 # doubles the peak memory.
-cluster-tools: ## build kube-apiserver & co., kubelet, kube-proxy, etcd, kwok, CoreDNS, metrics-server, helm v4/v3, kind, skaffold (cached)
+cluster-tools: ## build kube-apiserver & co., kubelet, kube-proxy, etcd, kwok, CoreDNS, metrics-server, crictl, helm v4/v3, kind, skaffold (cached)
 	@$(CLUSTER_SH) tools
 
 $(addprefix tool-,$(CLUSTER_TOOLS)): tool-%:

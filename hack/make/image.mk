@@ -48,3 +48,22 @@ image: image-lint image-service image-operator image-redis ## build the service,
 	@$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E '$(SERVICE_IMAGE)|$(OPERATOR_IMAGE)' || true
 
 TEST_PREREQS += image
+
+# Dev loop on the local cluster (skaffold.yaml profile `local`; see README "skaffold dev").
+# podman only serves skaffold the Docker API it asks for image ids; buildah builds.
+APT_PACKAGES += podman
+SKAFFOLD_ARGS ?=
+.PHONY: dev dev-run dev-delete dev-redis
+
+# The profile runs the chart's development Redis: its image must be in the node too.
+dev-redis: image-redis
+	$(ROOT)/hack/cluster/cluster.sh node load $(REDIS_IMAGE)
+
+dev: dev-redis ## skaffold dev against the local cluster: rebuild and redeploy on every edit
+	$(ROOT)/hack/dev/skaffold.sh dev $(SKAFFOLD_ARGS)
+
+dev-run: dev-redis ## skaffold run against the local cluster: build, load into the node, deploy once
+	$(ROOT)/hack/dev/skaffold.sh run $(SKAFFOLD_ARGS)
+
+dev-delete: ## skaffold delete: remove what dev-run deployed
+	$(ROOT)/hack/dev/skaffold.sh delete $(SKAFFOLD_ARGS)

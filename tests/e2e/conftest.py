@@ -29,7 +29,7 @@ CLUSTER_SH = ROOT / "hack" / "cluster" / "cluster.sh"
 KUBECONFIG_ENV = "MOORAGE_E2E_KUBECONFIG"
 TOOLS = (
     "kubectl", "helm", "helm3", "kind", "skaffold", "kwokctl", "kube-apiserver", "etcd",
-    "kubelet", "kube-proxy", "coredns", "metrics-server",
+    "kubelet", "kube-proxy", "coredns", "metrics-server", "crictl",
 )  # fmt: skip
 # The kwok nodes' taint (hack/cluster/nodes.yaml) and the annotations that send a namespace's
 # pods there (the PodNodeSelector and PodTolerationRestriction admission plugins).

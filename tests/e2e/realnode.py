@@ -252,19 +252,19 @@ def wait_rollout(cluster: Cluster, namespace: str, deployment: str) -> None:
     )
 
 
+def crictl(cluster: Cluster, *args: str) -> str:
+    """crictl against the real node's containerd (CRI socket in the cluster directory)."""
+    sock = f"unix://{Path(cluster.kubeconfig).parent / 'node' / 'containerd' / 'containerd.sock'}"
+    result = subprocess.run(
+        [str(cluster.bin_dir / "crictl"), "--runtime-endpoint", sock, "--image-endpoint", sock,
+         "--timeout", "30s", *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, f"crictl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
 def container_pid(cluster: Cluster, pod: dict[str, Any]) -> int:
-    """The host pid of a pod's first container's main process (from containerd)."""
+    """The host pid of a pod's first container's main process (crictl inspect)."""
     container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    sock = Path(cluster.kubeconfig).parent / "node" / "containerd" / "containerd.sock"
-    out = subprocess.run(
-        ["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    for line in out.splitlines()[1:]:
-        task, pid, *_ = line.split()
-        if task == container_id:
-            return int(pid)
-    raise AssertionError(f"no task {container_id} in containerd")
+    return int(json.loads(crictl(cluster, "inspect", "-o", "json", container_id))["info"]["pid"])
