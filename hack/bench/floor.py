@@ -2,7 +2,8 @@
 
 Per turn they read the history (LRANGE of the last `--context` messages, decoded), wait the
 model's latency, then store the turn with the service's own idempotent append script (append,
-trim, turn record, TTL; agent_service.store), with the same client library and client options.
+trim, turn record, TTL; agent_service.store) and add its usage to the session's totals (the
+service's record script, agent_service.budgets), with the same client library and options.
 No metrics, logs, request ids or error mapping: what the service costs above them is the shell.
 
 `--framework asgi` (the floor) is the smallest ASGI callable that can do this. `--framework
@@ -29,7 +30,8 @@ from pydantic import BaseModel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from agent_service.store import APPEND_SCRIPT, session_keys
+from agent_service.budgets import RECORD_SCRIPT, session_budget_keys
+from agent_service.store import APPEND_SCRIPT, session_keys, session_tag
 
 MAX_MESSAGES = 1000  # AGENT_MAX_HISTORY_MESSAGES' default; the service keeps half as many turn ids
 _JSON = [(b"content-type", b"application/json")]
@@ -46,6 +48,7 @@ class TurnWork:
         self.latency_s = latency_s
         self.redis: aioredis.Redis | None = None
         self.append: Any = None  # the registered append script, once connected
+        self.record: Any = None  # and the session totals' script
 
     async def open(self) -> None:
         # The service's RedisStore client options: same library, same per-command cost.
@@ -61,6 +64,7 @@ class TurnWork:
             decode_responses=False,
         )
         self.append = self.redis.register_script(APPEND_SCRIPT)
+        self.record = self.redis.register_script(RECORD_SCRIPT)
         await self.redis.ping()
 
     async def close(self) -> None:
@@ -90,6 +94,10 @@ class TurnWork:
         turn_id = secrets.token_urlsafe(16)
         args = [turn_id, "", self.ttl_s, MAX_MESSAGES, MAX_MESSAGES // 2, *messages]
         await self.append(keys=keys, args=args)
+        totals = session_budget_keys(session_tag(session_id))[:1]
+        await self.record(
+            keys=totals, args=[usage["input_tokens"], usage["output_tokens"], self.ttl_s]
+        )
         return {"session_id": session_id, "reply": reply, "steps": 1, "history": len(history)}
 
 

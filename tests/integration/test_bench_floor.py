@@ -71,10 +71,11 @@ def test_the_floor_app_sends_redis_the_same_commands_per_turn_as_the_service(
     service_turn = _turn_commands(client, service.url, "bench-service")
     floor_turn = _turn_commands(client, floor_url, "bench-floor")
 
-    # One read, then the idempotent append script: append, trim, turn record, expiry of 4 keys.
+    # One read, then the idempotent append script: append, trim, turn record, expiry of 4 keys;
+    # then the session totals' script: three counters and their expiry.
     assert service_turn == {
-        "lrange": 1, "evalsha": 1, "hget": 1, "exists": 1, "rpush": 2, "incrby": 1,
-        "ltrim": 1, "hset": 1, "expire": 4,
+        "lrange": 1, "evalsha": 2, "hget": 1, "exists": 1, "rpush": 2, "incrby": 1,
+        "ltrim": 1, "hset": 1, "expire": 5, "hincrby": 3,
     }  # fmt: skip
     assert floor_turn == service_turn
 
