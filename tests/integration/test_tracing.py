@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,8 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, require
-from tests.integration.conftest import Service, wait_until
+from tests.integration.conftest import Service, service_env, wait_until
 from tests.integration.fake_openai import FakeOpenAI, Step, completion, tool_call
+from tests.integration.test_readme import _blocks, _make_run, _ready, _section, _stop
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -349,3 +351,41 @@ def test_without_otel_variables_no_tracer_provider_and_no_exporter_is_loaded() -
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_tracing_command_exports_a_turns_spans(
+    tmp_path: Path, collector: Collector
+) -> None:
+    (command,) = [b for b in _blocks(_section("clients")) if "OTEL_" in b]
+    words = shlex.split(command)
+    assignments = [w for w in words if "=" in w and w.startswith("OTEL_")]
+    assert words[len(assignments) :] == ["make", "run"]
+    overrides = dict(a.split("=", 1) for a in assignments)
+    overrides["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.endpoint  # ours, not the example's
+    port = free_port()
+    env = service_env(AGENT_PORT=str(port), AGENT_DRAIN_DELAY_S="0", **overrides)
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    proc = _make_run(env, tmp_path / "make-run-otel.log")
+    try:
+        wait_until(lambda: _ready(port), 120, "`make run` with OTEL_* to be ready")
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat",
+            json={"message": "calc 6*7"},
+            headers={"traceparent": TRACEPARENT},
+        )
+        assert answer.status_code == 200, answer.text
+        wait_until(
+            lambda: any(s["name"] == "execute_tool calculator" for s in collector.spans()),
+            30,
+            "the turn's spans at the collector",
+        )
+    finally:
+        _stop(proc)
+    spans = [s for s in collector.spans() if s["traceId"] == TRACE_ID]
+    assert {s["resource"]["service.name"] for s in spans} == {overrides["OTEL_SERVICE_NAME"]}
+    assert {s["name"] for s in spans} == {
+        "POST /v1/chat",
+        "invoke_agent moorage",
+        "chat echo",
+        "execute_tool calculator",
+    }
