@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from agent_service import __version__
 from agent_service.agent import Agent
 from agent_service.auth import ApiKeys, warn_if_open
-from agent_service.budgets import BudgetPolicy, open_budgets
+from agent_service.budgets import BudgetPolicy, open_budgets, warn_if_ineffective
 from agent_service.config import Settings
 from agent_service.deps import AppState
 from agent_service.errors import install_error_handlers
@@ -56,7 +56,14 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             metrics,
             settings.model,
         )
+        budget_policy = BudgetPolicy(
+            settings.budget_session_tokens,
+            settings.budget_client_daily_tokens,
+            settings.budget_turn_tokens,
+            settings.session_ttl_s,
+        )
         warn_if_open(settings.api_keys_file, settings.host)
+        warn_if_ineffective(budget_policy, settings.api_keys_file)
         tracer_provider = start_tracing()
 
         async def check_store() -> None:
@@ -77,12 +84,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
                 api_keys=ApiKeys(settings.api_keys_file) if settings.api_keys_file else None,
                 owners=open_owners(store, settings.session_ttl_s),
                 budgets=open_budgets(store, settings.request_timeout_s),
-                budget_policy=BudgetPolicy(
-                    settings.budget_session_tokens,
-                    settings.budget_client_daily_tokens,
-                    settings.budget_turn_tokens,
-                    settings.session_ttl_s,
-                ),
+                budget_policy=budget_policy,
                 usage=UsageMeter(metrics, settings.model_prices),
             )
         finally:

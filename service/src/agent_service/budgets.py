@@ -23,14 +23,18 @@ turn adds its usage there by `RECORD_SCRIPT`.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent_service.providers import Usage
+
+log = logging.getLogger(__name__)
 
 # KEYS: totals (hash: spent, input, output), reservations (hash: id -> tokens),
 #       leases (zset: id -> expiry, ms). ARGV: id, tokens, limit, ttl s, lease ms.
@@ -295,6 +299,15 @@ class BudgetPolicy:
                 )
             )
         return chosen
+
+
+def warn_if_ineffective(policy: BudgetPolicy, api_keys_file: Path | None) -> None:
+    """Log a warning when a client budget is set but no client can be known (no API keys)."""
+    if policy.client_daily_tokens is not None and api_keys_file is None:
+        log.warning(
+            "AGENT_BUDGET_CLIENT_DAILY_TOKENS is set but AGENT_API_KEYS_FILE is not: turns "
+            "come from no known client, so no turn draws on a client budget"
+        )
 
 
 def open_budgets(store: Any, lease_s: float) -> Budgets:

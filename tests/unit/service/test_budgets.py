@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from agent_service.budgets import (
     MemoryBudgets,
     client_budget_keys,
     utc_day,
+    warn_if_ineffective,
 )
 from agent_service.providers import Usage
 
@@ -97,3 +100,15 @@ def test_settling_twice_records_once() -> None:
         await ledger.reserve([budget], 50)  # 50 spent + 50 = 100: still fits
 
     asyncio.run(scenario())
+
+
+def test_a_client_budget_without_api_keys_warns_that_no_turn_draws_on_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent_service.budgets"):
+        warn_if_ineffective(BudgetPolicy(None, 1000, 100, 600), Path("/keys"))
+        warn_if_ineffective(BudgetPolicy(1000, None, 100, 600), None)
+        assert not caplog.records
+        warn_if_ineffective(BudgetPolicy(None, 1000, 100, 600), None)
+    (record,) = caplog.records
+    assert "AGENT_API_KEYS_FILE" in record.getMessage()
