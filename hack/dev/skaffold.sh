@@ -6,7 +6,7 @@
 # profile `local`), which also loads the image into the real node. podman is stopped by pid when
 # skaffold ends; SIGINT/SIGTERM are forwarded to skaffold, so `skaffold dev` cleans up its deployment.
 #
-# usage: skaffold.sh dev|run|delete|build [skaffold flags...]
+# usage: skaffold.sh dev|run|delete|diagnose|build [skaffold flags...]
 # Environment: CACHE_DIR, BUILDAH_FLAGS (both exported by the Makefile).
 set -euo pipefail
 
@@ -45,7 +45,7 @@ export PATH=$helm3_dir:$bin_dir:$PATH
 cd "$root"
 # --no-prune: the images stay in buildah's storage for the next build's layer cache.
 args=("$@" --profile local)
-[[ ${1:-} == delete ]] || args+=(--no-prune=true)
+case ${1:-} in dev | run) args+=(--no-prune=true) ;; esac
 # skaffold in its own session, so a Ctrl-C reaches it exactly once (forwarded by the trap above)
 # and it removes what it deployed before it exits.
 setsid "$bin_dir/skaffold" "${args[@]}" &

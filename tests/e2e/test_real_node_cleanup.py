@@ -19,6 +19,31 @@ def _cluster_sh(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_second_cluster_up_leaves_the_running_node_alone(cluster: Cluster) -> None:
+    """`make cluster-up` on a running cluster rewrites no node file: kube-proxy exits when its
+    config file changes, and a second `up` once took the Services down that way."""
+    assert KUBECONFIG_ENV not in os.environ, "this test runs cluster.sh up on the local cluster"
+    node_dir = Path(cluster.kubeconfig).parent / "node"
+
+    def state() -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+        pids = {p.stem: p.read_text().strip() for p in (node_dir / "pids").glob("*.pid")}
+        files = {
+            str(f.relative_to(node_dir)): (f.stat().st_ino, f.stat().st_mtime_ns)
+            for pattern in ("*.yaml", "*.kubeconfig", "Corefile", "containerd/config.toml",
+                            "cni/net.d/*")
+            for f in node_dir.glob(pattern)
+        }  # fmt: skip
+        return pids, files
+
+    pids, files = state()
+    assert {"kubelet", "containerd", "kube-proxy", "coredns", "metrics-server"} <= set(pids)
+    assert "kube-proxy.yaml" in files
+    assert "kube-proxy.kubeconfig" in files
+    up = _cluster_sh("up")
+    assert up.returncode == 0, up.stderr[-4000:]
+    assert state() == (pids, files)
+
+
 def test_cluster_down_restores_sysctls_iptables_mounts_cgroups_links_and_paths(
     cluster: Cluster,
 ) -> None:
