@@ -268,3 +268,19 @@ def container_pid(cluster: Cluster, pod: dict[str, Any]) -> int:
     """The host pid of a pod's first container's main process (crictl inspect)."""
     container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
     return int(json.loads(crictl(cluster, "inspect", "-o", "json", container_id))["info"]["pid"])
+
+
+def post_json_with_headers(
+    url: str, body: dict[str, Any], headers: dict[str, str], timeout: float = 30
+) -> tuple[int, dict[str, Any]]:
+    """`post_json` with extra request headers (e.g. an Idempotency-Key for a safe retry)."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")

@@ -27,14 +27,17 @@ OK_AFTER_KILL = 60
 LOAD_BOUND_S = 90.0
 
 
-def redis_process(binary: str, port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """A redis-server on loopback with the test password (also for its replication link)."""
+def redis_process(
+    binary: str, port: int, workdir: Path, *extra: str, host: str = "127.0.0.1"
+) -> subprocess.Popen[bytes]:
+    """A redis-server on `host` (loopback unless told) with the test password (also for its
+    replication link)."""
     workdir.mkdir(exist_ok=True)
     return subprocess.Popen(
         [
             binary,
             "--port", str(port),
-            "--bind", "127.0.0.1",
+            "--bind", host,
             "--save", "",
             "--appendonly", "no",
             "--requirepass", SECRET,
