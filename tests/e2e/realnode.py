@@ -10,9 +10,10 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,236 @@ def post_json_with_headers(
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
+
+
+# --- Autoscaling (tests/e2e/test_autoscale_inflight.py, hack/autoscale/bench.py) ---------------
+
+
+@contextlib.contextmanager
+def custom_metrics(cluster: Cluster) -> Iterator[None]:
+    """Prometheus and prometheus-adapter as host processes serving custom.metrics.k8s.io.
+
+    Started and stopped with the README's `make autoscale-up` / `make autoscale-down`
+    (hack/autoscale/autoscale.sh), for the cluster this session uses.
+    """
+    require(shutil.which("prometheus") is not None, "prometheus (make apt-deps)")
+    built = subprocess.run(
+        [str(ROOT / "hack" / "tools" / "build.sh"), "--dir", "prometheus-adapter"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    require(Path(built, "adapter").is_file(), "prometheus-adapter (make prometheus-adapter)")
+    env = {**cluster.env, "CLUSTER_DIR": str(cluster.kubeconfig.parent)}
+    make = ["make", "-s", "-C", str(ROOT)]
+    up = subprocess.run(
+        [*make, "autoscale-up"], env=env, capture_output=True, text=True, timeout=300
+    )
+    try:
+        assert up.returncode == 0, f"make autoscale-up failed:\n{up.stdout}\n{up.stderr}"
+        yield
+    finally:
+        down = subprocess.run(
+            [*make, "autoscale-down"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert down.returncode == 0, f"make autoscale-down failed:\n{down.stderr}"
+
+
+@dataclass
+class Turn:
+    """One chat turn of a load: when it started (monotonic), how long it took, how it ended."""
+
+    start: float
+    seconds: float
+    streamed: bool
+    error: str | None = None
+
+
+def _turn(url: str, body: dict[str, Any], streamed: bool) -> tuple[str | None, str | None]:
+    """(session id, error) of one whole or streamed turn; a stream must end with its reply."""
+    path = "/v1/chat/stream" if streamed else "/v1/chat"
+    request = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if not streamed:
+                return str(json.loads(response.read())["session_id"]), None
+            events: list[str] = []
+            session: str | None = None
+            for raw in response:
+                line = raw.decode().strip()
+                if line.startswith("event: "):
+                    events.append(line.removeprefix("event: "))
+                elif line.startswith("data: ") and events and events[-1] == "reply":
+                    session = json.loads(line.removeprefix("data: ")).get("session_id")
+            if not events or events[-1] != "reply" or "delta" not in events:
+                return None, f"cut stream: events {events[-5:]}"
+            return session, None
+    except urllib.error.HTTPError as err:
+        return None, f"{err.code} {err.read()[:200]!r}"
+    except OSError as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class RampLoad:
+    """A rising, bounded load: `step` client loops more every `every` seconds, up to `loops`.
+
+    Odd loops stream their turns, even loops send whole ones; each loop keeps its session. Every
+    turn is recorded; `stop` lets each loop finish the turn it is in, so a cut stream shows.
+    """
+
+    url: str
+    loops: int
+    step: int = 2
+    every: float = 8.0
+    turns: list[Turn] = field(default_factory=list)
+    started: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _loop(self, index: int) -> None:
+        session: str | None = None
+        streamed = index % 2 == 1
+        while not self._stop.is_set():
+            body: dict[str, Any] = {"message": f"hello from client {index}"}
+            if session:
+                body["session_id"] = session
+            start = time.monotonic()
+            new_session, error = _turn(self.url, body, streamed)
+            session = new_session or session
+            with self._lock:
+                self.turns.append(Turn(start, time.monotonic() - start, streamed, error))
+            if error:
+                self._stop.wait(0.5)
+
+    def _ramp(self) -> None:
+        running = 0
+        while running < self.loops and not self._stop.is_set():
+            for index in range(running, min(running + self.step, self.loops)):
+                thread = threading.Thread(target=self._loop, args=(index,), daemon=True)
+                thread.start()
+                with self._lock:
+                    self._threads.append(thread)
+            running = min(running + self.step, self.loops)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RampLoad:
+        self.started = time.monotonic()
+        ramp = threading.Thread(target=self._ramp, daemon=True)
+        ramp.start()
+        self._threads.append(ramp)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=90)
+
+    def failures(self) -> list[str]:
+        with self._lock:
+            return [t.error for t in self.turns if t.error]
+
+    def ok(self, streamed: bool) -> int:
+        with self._lock:
+            return sum(1 for t in self.turns if not t.error and t.streamed == streamed)
+
+    def latencies(self, since: float, until: float) -> list[float]:
+        """Seconds of the turns that started in [since, until), sorted."""
+        with self._lock:
+            return sorted(t.seconds for t in self.turns if since <= t.start < until)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, nearest rank."""
+    assert values, "no values"
+    return values[min(len(values) - 1, max(0, round(q * len(values) + 0.5) - 1))]
+
+
+@dataclass
+class Sample:
+    """One look at an HPA and its Deployment."""
+
+    t: float
+    desired: int
+    ready: int
+    metric: str
+
+
+@dataclass
+class ScaleWatch:
+    """Polls an HPA and its Deployment every `interval` seconds, keeping every sample."""
+
+    cluster: Cluster
+    namespace: str
+    name: str
+    interval: float = 1.0
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def look(self) -> Sample:
+        out = self.cluster.kubectl_run(
+            "get", f"hpa/{self.name}", f"deployment/{self.name}", "-n", self.namespace,
+            "-o", "json",
+        ).stdout  # fmt: skip
+        hpa, deployment = json.loads(out)["items"]
+        status = hpa.get("status", {})
+        metric = ""
+        for current in status.get("currentMetrics") or []:
+            if current["type"] == "Pods":
+                metric = f"{current['pods']['current']['averageValue']} turns/pod"
+            elif current["type"] == "Resource" and current["resource"]["name"] == "cpu":
+                metric = f"{current['resource']['current'].get('averageUtilization')}% cpu"
+        return Sample(
+            time.monotonic(),
+            int(status.get("desiredReplicas", 0)),
+            int(deployment.get("status", {}).get("readyReplicas", 0)),
+            metric,
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(subprocess.SubprocessError, ValueError, KeyError):
+                sample = self.look()
+                with self._lock:
+                    self.samples.append(sample)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ScaleWatch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def last(self) -> Sample | None:
+        with self._lock:
+            return self.samples[-1] if self.samples else None
+
+    def first(self, since: float, predicate: Callable[[Sample], bool]) -> float | None:
+        """Seconds from `since` to the first sample matching `predicate`, if any."""
+        with self._lock:
+            for sample in self.samples:
+                if sample.t >= since and predicate(sample):
+                    return sample.t - since
+        return None
+
+    def most(self, since: float) -> tuple[int, int]:
+        """The largest desired and ready counts seen since `since`."""
+        with self._lock:
+            seen = [s for s in self.samples if s.t >= since]
+        return max((s.desired for s in seen), default=0), max((s.ready for s in seen), default=0)
+
+    def metrics(self, since: float) -> list[str]:
+        with self._lock:
+            return [s.metric for s in self.samples if s.t >= since and s.metric]
