@@ -75,7 +75,7 @@ def test_every_scenario_validates_strictly_against_kubernetes(
 
 
 def test_helm_test_hook_is_rendered_and_validates(render: Render, tmp_path: Path) -> None:
-    hook = find(render(), "Job")
+    hook = find(render(), "Job", "agent-test-readyz")
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
     path = tmp_path / "hook.yaml"
     path.write_text(yaml.safe_dump(hook))
