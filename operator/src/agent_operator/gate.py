@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from agent_operator import contract
 from agent_operator.builders import GATE_ANNOTATION, GATE_CONDITION
 from agent_operator.spec import GatePrompt, InvalidSpecError, parse_spec
 
@@ -76,13 +77,19 @@ def _retryable(prompt: GatePrompt, answer: Answer) -> bool:
     )
 
 
-def ask(base_url: str, prompt: GatePrompt, clock: Callable[[], float] = time.monotonic) -> Answer:
+def ask(
+    base_url: str,
+    prompt: GatePrompt,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
     """POST the prompt to /v1/chat, bounded by its latency limit; errors become status 0."""
     # base_url is always http://<pod IP>:<port> (pod_url), never a user-given scheme.
     request = urllib.request.Request(  # noqa: S310
         f"{base_url}/v1/chat",
         data=json.dumps({"message": prompt.message}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     timeout = prompt.max_latency_ms / 1000
     started = clock()
@@ -102,10 +109,10 @@ def ask(base_url: str, prompt: GatePrompt, clock: Callable[[], float] = time.mon
     return Answer(status, str(body.get("reply", "")), str(session) if session else None, seconds)
 
 
-def forget(base_url: str, session_id: str) -> None:
+def forget(base_url: str, session_id: str, *, headers: Mapping[str, str] | None = None) -> None:
     """Delete the session a prompt made, so gate runs leave nothing in the store."""
     url = f"{base_url}/v1/sessions/{session_id}"
-    request = urllib.request.Request(url, method="DELETE")  # noqa: S310
+    request = urllib.request.Request(url, headers=dict(headers or {}), method="DELETE")  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=CLEANUP_TIMEOUT_SECONDS):  # noqa: S310
             pass
@@ -180,6 +187,28 @@ def prompts_of(pod: Mapping[str, Any]) -> tuple[GatePrompt, ...]:
         return parse_spec({"rollout": {"gate": {"prompts": prompts}}}).rollout.gate
     except (ValueError, InvalidSpecError):
         return ()
+
+
+def api_keys_secret(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(Secret, key) of the clients' API keys file the pod mounts, when it requires API keys."""
+    path, _ = contract.secret_file("apiKeys")
+    for volume in (pod.get("spec") or {}).get("volumes") or ():
+        for source in (volume.get("projected") or {}).get("sources") or ():
+            secret = source.get("secret") or {}
+            for item in secret.get("items") or ():
+                if item.get("path") == path:
+                    return str(secret.get("name")), str(item.get("key"))
+    return None
+
+
+def first_client_key(keys_file: str) -> str | None:
+    """The key of the first `client-name:key` line of an API keys file (the service's format)."""
+    for raw in keys_file.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key = line.partition(":")[2].strip()
+            return key or None
+    return None
 
 
 def pod_url(pod: Mapping[str, Any], port: int) -> str:

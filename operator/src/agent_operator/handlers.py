@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,18 @@ from kubernetes.client.exceptions import ApiException
 
 from agent_operator import kube
 from agent_operator.builders import CHILD_KINDS, CONTAINER_PORT, MANAGER, ChildKind
-from agent_operator.gate import GateRunner, Verdict, needs_gate, pod_url, prompts_of, run_gate
+from agent_operator.gate import (
+    GateRunner,
+    Verdict,
+    api_keys_secret,
+    ask,
+    first_client_key,
+    forget,
+    needs_gate,
+    pod_url,
+    prompts_of,
+    run_gate,
+)
 from agent_operator.gate import condition as gate_condition
 from agent_operator.reconcile import (
     SECRET_REASONS,
@@ -256,12 +268,29 @@ def stop_resync(**_: Any) -> None:
 GATES = GateRunner(GATE_WORKERS)
 
 
+def _client_headers(pod: Mapping[str, Any]) -> dict[str, str]:
+    """A pod that requires API keys is asked as the first client of its keys file."""
+    source = api_keys_secret(pod)
+    if source is None:
+        return {}
+    keys_file = kube.secret_value(pod["metadata"]["namespace"], *source)
+    key = first_client_key(keys_file or "")
+    # Without a usable key the prompts go unauthenticated and the verdict says HTTP 401.
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _gate(pod: Mapping[str, Any]) -> None:
     """Run a pod's smoke gate and record the verdict as its readiness-gate condition."""
     meta = pod["metadata"]
     prompts = prompts_of(pod)
     if prompts:
-        verdict = run_gate(pod_url(pod, CONTAINER_PORT), prompts)
+        headers = _client_headers(pod)
+        verdict = run_gate(
+            pod_url(pod, CONTAINER_PORT),
+            prompts,
+            send=functools.partial(ask, headers=headers),
+            cleanup=functools.partial(forget, headers=headers),
+        )
     else:  # an unreadable annotation must not hold the pod back forever
         verdict = Verdict(True, "no gate prompts on this pod's template", 0.0)
     try:

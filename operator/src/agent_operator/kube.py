@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -105,6 +106,18 @@ def secret_keys(namespace: str, name: str) -> set[str] | None:
             return None
         raise
     return set((data.get("data") or {}).keys()) | set((data.get("stringData") or {}).keys())
+
+
+def secret_value(namespace: str, name: str, key: str) -> str | None:
+    """One decoded value of a Secret (for the smoke gate's client key; never logged)."""
+    try:
+        data = _call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    value = (data.get("data") or {}).get(key)
+    return None if value is None else base64.b64decode(value).decode(errors="replace")
 
 
 def list_pods(namespace: str, selector: str) -> list[Obj]:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agent_operator.builders import GATE_CONDITION, Owner, pod_template
 from agent_operator.gate import (
     Answer,
     GateRunner,
     Verdict,
+    api_keys_secret,
+    ask,
     condition,
+    first_client_key,
+    forget,
     judge,
     needs_gate,
     pod_url,
@@ -166,3 +174,64 @@ def test_the_runner_runs_one_gate_per_pod_at_a_time():
         runner.shutdown()
     assert runs == [1]
     assert runner.running() == set()
+
+
+def test_a_pod_that_requires_api_keys_names_the_secret_and_key_of_its_keys_file():
+    spec = parse_spec(
+        {
+            "image": "a:1",
+            "modelApiKeySecretRef": {"name": "model", "key": "token"},
+            "clients": {"apiKeysSecretRef": {"name": "clients", "key": "keys"}},
+        }
+    )
+    template = pod_template(Owner("demo", "ns", "u"), spec)
+    assert api_keys_secret(template) == ("clients", "keys")
+    plain = pod_template(Owner("demo", "ns", "u"), parse_spec({"image": "a:1"}))
+    assert api_keys_secret(plain) is None
+
+
+def test_the_gate_asks_as_the_first_client_of_the_keys_file():
+    text = "# rotated 2026-01\n\n  gate : key-of-the-gate-client \nother:another-client-key\n"
+    assert first_client_key(text) == "key-of-the-gate-client"
+    assert first_client_key("# nothing\n") is None
+    assert first_client_key("") is None
+
+
+@contextlib.contextmanager
+def _recording_server() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """A local HTTP server answering a chat turn; records (method, Authorization) per call."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append((self.command, self.headers.get("Authorization")))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"reply": "echo: hello", "session_id": "s-1"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = _answer
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_prompt_and_its_cleanup_carry_the_client_key_over_http():
+    with _recording_server() as (url, seen):
+        answer = ask(url, HELLO, headers={"Authorization": "Bearer k-1"})
+        assert answer.session_id == "s-1"
+        forget(url, "s-1", headers={"Authorization": "Bearer k-1"})
+        ask(url, HELLO)
+    assert seen == [("POST", "Bearer k-1"), ("DELETE", "Bearer k-1"), ("POST", None)]
