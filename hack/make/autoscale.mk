@@ -6,7 +6,8 @@ APT_PACKAGES += prometheus
 
 .PHONY: prometheus-adapter autoscale-up autoscale-down bench-autoscale
 
-# A cold build takes about 7 minutes on 2 busy cores (3.5 min of CPU, 340 MB of modules).
+# A cold build (empty Go caches) took 7 minutes on 2 busy cores: 4.5 min of CPU, 340 MB of
+# modules, 1.2 GB of build cache.
 prometheus-adapter: ## build prometheus-adapter for the inflight autoscaling tests (cached)
 	@CACHE_DIR=$(CACHE_DIR) $(ROOT)/hack/tools/build.sh prometheus-adapter
 

@@ -515,6 +515,7 @@ class ScaleWatch:
             seen = [s for s in self.samples if s.t >= since]
         return max((s.desired for s in seen), default=0), max((s.ready for s in seen), default=0)
 
-    def metrics(self, since: float) -> list[str]:
+    def metrics(self, since: float, until: float = float("inf")) -> list[str]:
+        """The HPA's readings of its metric in [since, until)."""
         with self._lock:
-            return [s.metric for s in self.samples if s.t >= since and s.metric]
+            return [s.metric for s in self.samples if since <= s.t < until and s.metric]
