@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -519,3 +520,101 @@ class ScaleWatch:
         """The HPA's readings of its metric in [since, until)."""
         with self._lock:
             return [s.metric for s in self.samples if since <= s.t < until and s.metric]
+
+
+@dataclass
+class PodStreams:
+    """One streaming client loop per Ready pod, straight to the pod's address (not the Service).
+
+    Every pod has a stream in flight at almost every moment, so a pod the HPA removes is removed
+    mid-stream. A loop ends when its pod, being deleted, no longer takes connections (refused or
+    reset before any answer: no turn began); a stream that began and did not end with its reply
+    is a failure. `deletions` keeps when each removed pod got SIGTERM (deletion start + drain),
+    to the second (deletionTimestamp's precision).
+    """
+
+    cluster: Cluster
+    namespace: str
+    selector: str
+    drain_s: float
+    turns: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    deletions: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _stream(self, pod: str, url: str) -> None:
+        while not self._stop.is_set():
+            start = time.time()
+            request = urllib.request.Request(
+                f"{url}/v1/chat/stream",
+                data=json.dumps({"message": f"hello {pod}"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                response = urllib.request.urlopen(request, timeout=60)
+            except urllib.error.HTTPError as err:
+                with self._lock:
+                    self.failures.append(f"{pod}: {err.code} {err.read()[:200]!r}")
+                self._stop.wait(0.5)
+                continue
+            except OSError as err:
+                with self._lock:
+                    if pod in self.deletions:
+                        return  # refused or reset before any answer: the pod is gone
+                    self.failures.append(f"{pod}: {type(err).__name__}: {err}")
+                self._stop.wait(0.5)
+                continue
+            events: list[str] = []
+            try:
+                with response:
+                    for raw in response:
+                        line = raw.decode().strip()
+                        if line.startswith("event: "):
+                            events.append(line.removeprefix("event: "))
+            except OSError as err:
+                events.append(f"{type(err).__name__}: {err}")
+            with self._lock:
+                if events[-1:] == ["reply"]:
+                    self.turns.setdefault(pod, []).append((start, time.time()))
+                else:
+                    self.failures.append(f"{pod}: cut stream: {events[-4:]}")
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(subprocess.SubprocessError, ValueError, KeyError):
+                for pod in pods(self.cluster, self.namespace, self.selector):
+                    meta = pod["metadata"]
+                    if meta.get("deletionTimestamp") and meta["name"] not in self.deletions:
+                        # deletionTimestamp is the deletion's start plus the grace period; the
+                        # kubelet sends SIGTERM when the preStop drain is over.
+                        end = datetime.datetime.fromisoformat(meta["deletionTimestamp"])
+                        began = end.timestamp() - meta["deletionGracePeriodSeconds"]
+                        with self._lock:
+                            self.deletions[meta["name"]] = began + self.drain_s
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> PodStreams:
+        for pod in pods(self.cluster, self.namespace, self.selector):
+            if ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+                port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+                url = f"http://{pod['status']['podIP']}:{port}"
+                name = pod["metadata"]["name"]
+                self._threads.append(threading.Thread(target=self._stream, args=(name, url)))
+        self._threads.append(threading.Thread(target=self._watch))
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)
+
+    def served_across_sigterm(self, pod: str) -> bool:
+        """Whether a stream in flight when the pod's SIGTERM came finished with its reply."""
+        with self._lock:
+            sigterm = self.deletions[pod]
+            return any(start <= sigterm <= end for start, end in self.turns.get(pod, []))

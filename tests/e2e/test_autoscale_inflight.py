@@ -32,6 +32,7 @@ from tests.e2e.realnode import (
     IMAGE_TAG,
     OPERATOR_REPO,
     SERVICE_REPO,
+    PodStreams,
     RampLoad,
     ScaleWatch,
     custom_metrics,
@@ -48,6 +49,8 @@ MAX = 4
 PER_POD = 2  # target turns in flight per pod
 LOOPS = MAX * PER_POD  # the load's bound: enough turns in flight for MAX pods
 MODEL_MS = 2000
+DRAIN_S = 3
+SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 # Short windows so the test sees a whole cycle in minutes; the chart's defaults are slower.
 HPA_VALUES = {
     "autoscaling.enabled": "true",
@@ -60,7 +63,7 @@ HPA_VALUES = {
     "autoscaling.scaleDownStabilizationSeconds": "15",
     "autoscaling.scaleDownPods": str(MAX),
     "autoscaling.scaleDownPeriodSeconds": "15",
-    "termination.drainDelaySeconds": "3",
+    "termination.drainDelaySeconds": str(DRAIN_S),
     "extraEnv.AGENT_ECHO_LATENCY_MS": str(MODEL_MS),
 }
 
@@ -102,7 +105,7 @@ def _scaled_back(cluster: Cluster, watch: ScaleWatch, namespace: str) -> None:
         lambda: (watch.last() or watch.look()).desired == 1, "the HPA to scale back to 1", 150
     )
     wait_until(
-        lambda: len(pods(cluster, namespace, f"app.kubernetes.io/instance={RELEASE}")) == 1,
+        lambda: len(pods(cluster, namespace, SELECTOR)) == 1,
         "the removed pods to be gone",
         timeout=120,
     )
@@ -153,11 +156,16 @@ def test_inflight_scales_out_where_cpu_does_not_and_scale_down_cuts_no_turn(
                 assert readings, "the cpu HPA had no CPU reading during the load"
                 assert (most_desired, most_ready) == (1, 1), readings
                 assert busy_cpu.ok(streamed=True) > 0
-            # The load falls to one whole and one streamed turn at a time: back to one pod, and
-            # the removed pods' turns and streams finish while they drain.
-            with RampLoad(urls[0], 2) as tail:
+            # The load falls to one stream per pod, sent to each pod's own address: the HPA
+            # halves the pods, then again, and each removed pod is removed mid-stream. Back at
+            # one pod, every stream ended with its reply, across its pod's SIGTERM too.
+            with PodStreams(cluster, inflight_ns, SELECTOR, DRAIN_S) as streams:
                 _scaled_back(cluster, inflight, inflight_ns)
-        for load in (busy, busy_cpu, tail):
+            assert streams.failures == [], streams.failures[:5]
+            assert len(streams.deletions) == MAX - 1, streams.deletions
+            for pod in streams.deletions:
+                assert streams.served_across_sigterm(pod), (pod, streams.turns.get(pod))
+        for load in (busy, busy_cpu):
             assert load.failures() == [], load.failures()[:5]
             assert load.ok(streamed=True) > 0
             assert load.ok(streamed=False) > 0
