@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import CLUSTER_SH, KUBECONFIG_ENV, Cluster
+from tests.e2e.conftest import CLUSTER_SH, KUBECONFIG_ENV, NODE_IMAGES, Cluster, load_image
 from tests.e2e.realnode import NODE_NAME
 
 CACHE_DIR = Path(os.environ.get("CACHE_DIR", Path.home() / ".cache" / "moorage"))
@@ -64,6 +64,9 @@ def test_cluster_down_restores_sysctls_iptables_mounts_cgroups_links_and_paths(
     for process in ("kubelet", "containerd", "kube-proxy", "coredns", "metrics-server"):
         assert f"running {process}" not in after
 
-    # The remaining e2e tests (and the session fixture's own down) find a cluster again.
+    # The remaining e2e tests (and the session fixture's own down) find a cluster again, with
+    # the images the session fixture loaded at its start (the new node's containerd is empty).
     up = _cluster_sh("up")
     assert up.returncode == 0, up.stderr[-4000:]
+    for image in NODE_IMAGES:
+        load_image(image)
