@@ -96,6 +96,13 @@ def _reply(url: str, message: str = "hello") -> str:
     return str(body.get("reply", "")) if status == 200 else ""
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job has it. A runner that starts the suite in the
+    background without job control (`cmd &` in a script) passes SIGINT ignored to its children,
+    and a shell cannot trap a signal ignored at its start: Ctrl-C would reach no one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _service_image(cluster: Cluster) -> str:
     return cluster.kubectl_run(
         "get", "deployment", RELEASE, "-n", NAMESPACE,
@@ -133,7 +140,7 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
     with (tmp_path / "dev.log").open("wb") as out:
         dev = subprocess.Popen(
             ["make", "-C", str(checkout), "dev"], env=cluster.env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_in_a_terminal,
         )  # fmt: skip
     try:
 
