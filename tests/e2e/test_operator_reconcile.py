@@ -49,15 +49,26 @@ def install_operator_manifests(cluster: Cluster) -> None:
         "app.kubernetes.io/part-of=moorage",
         "--timeout=60s",
     )
-    # The operator creates its peering object at start if it is missing; on the real node it
-    # really starts, and can win the race for that object against this apply (AlreadyExists).
-    # The second apply adopts it.
-    manifests = str(ROOT / "manifests" / "operator")
-    if cluster.kubectl_run("apply", "-k", manifests, check=False).returncode:
-        cluster.kubectl_run("apply", "-k", manifests)
-    # The Deployment in the kustomization is the in-cluster operator; on kwok its pod is fake,
-    # and the real one runs below as a local process. Keep the fake out of the way.
-    cluster.kubectl_run("scale", "-n", OPERATOR_NS, "deployment/moorage-operator", "--replicas=0")
+    # The Deployment in the kustomization is the in-cluster operator, which on the real node
+    # really starts; the tests run the operator as a local process instead. Applied with 0
+    # replicas, no pod of it ever starts: one that ran for a moment (apply, then scale to 0)
+    # left a same-priority peer in the peering object, and the local operators paused for it.
+    rendered = cluster.kubectl_run("kustomize", str(ROOT / "manifests" / "operator")).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "moorage-operator":
+            doc["spec"]["replicas"] = 0
+    cluster.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    # An in-cluster operator another test ran (or a README's apply-then-scale) must be gone, and
+    # with it its peer entry: the local operators here start on an empty peering object (they
+    # create it when it is missing).
+    cluster.kubectl_run(
+        "wait", "--for=delete", "pod", "-n", OPERATOR_NS,
+        "-l", "app.kubernetes.io/name=moorage-operator", "--timeout=120s",
+    )  # fmt: skip
+    cluster.kubectl_run(
+        "delete", "clusterkopfpeering", "moorage-operator", "--ignore-not-found", "--wait=true"
+    )
 
 
 def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
