@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, wait_until
+from tests.e2e.conftest import Cluster, KubectlError, wait_until
 from tests.e2e.test_operator_reconcile import (
     OperatorProcess,
     agent,
@@ -119,8 +119,13 @@ def test_changes_made_while_the_operator_was_down_are_corrected_when_it_starts(
 def test_a_missing_peering_object_is_created_and_the_operator_serves(
     cluster: Cluster, kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
-    # kopf alone would wait for it forever, silently, with every resource unserved.
-    cluster.kubectl_run("delete", "clusterkopfpeering", "moorage-operator", "--wait=true")
+    # kopf alone would wait for it forever, silently, with every resource unserved. (The
+    # kubeconfig fixture already removed it; make sure, whatever that fixture does.)
+    cluster.kubectl_run(
+        "delete", "clusterkopfpeering", "moorage-operator", "--ignore-not-found", "--wait=true"
+    )
+    with pytest.raises(KubectlError):
+        cluster.kubectl_run("get", "clusterkopfpeering", "moorage-operator")
     op = _start(cluster, kubeconfig, tmp_path / "op.log")
     try:
         apply_agent(cluster, namespace, "peerless")
