@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -81,3 +84,28 @@ def agent_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deployment = find(docs, "Deployment", "agent")
     containers = deployment["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "agent")
+
+
+def kubernetes_validate(obj: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """kubernetes-validate --strict of one object (written to a file under tmp_path)."""
+    path = tmp_path / f"{obj['kind'].lower()}.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def load_schema_generator() -> ModuleType:
+    """hack/schema/generate.py (`make schemas`) as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "schema_generate", ROOT / "hack" / "schema" / "generate.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module

@@ -20,9 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.chart.conftest import Render, find, run_helm
+from tests.chart.conftest import Render, find, kubernetes_validate, run_helm
 from tests.conftest import free_port
 
 SMOKE_JOB = "agent-test-smoke"
@@ -172,14 +170,7 @@ def test_a_prompt_without_an_expectation_fails_the_render(helm: Path) -> None:
 
 def test_the_smoke_job_validates_and_is_hardened(render: Render, tmp_path: Path) -> None:
     job = smoke_job(render(clients__apiKeysSecret="agent-clients"))
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = kubernetes_validate(job, tmp_path)
     assert result.returncode == 0, result.stdout
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False

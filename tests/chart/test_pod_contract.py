@@ -7,11 +7,8 @@ staleness is tests/chart/test_schemas.py's); these tests show each reader really
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,25 +17,20 @@ import yaml
 from agent_operator import contract as operator_contract
 from agent_operator.builders import Owner, build_deployment
 from agent_operator.spec import parse_spec
-from tests.chart.conftest import CHART, ROOT, agent_container, find, run_helm
+from tests.chart.conftest import (
+    CHART,
+    ROOT,
+    agent_container,
+    find,
+    load_schema_generator,
+    run_helm,
+)
 
 CONTRACT_FILE = CHART / "files" / "pod-contract.yaml"
 CRD = ROOT / "manifests" / "crds" / "agentdeployments.yaml"
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "pod_contract_generate", ROOT / "hack" / "schema" / "generate.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generator()
+generate = load_schema_generator()
 
 
 def _contract() -> dict[str, Any]:

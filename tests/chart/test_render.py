@@ -18,6 +18,7 @@ from tests.chart.conftest import (
     Render,
     agent_container,
     find,
+    kubernetes_validate,
     pinned_tool,
     run_helm,
 )
@@ -77,14 +78,7 @@ def test_every_scenario_validates_strictly_against_kubernetes(
 def test_helm_test_hook_is_rendered_and_validates(render: Render, tmp_path: Path) -> None:
     hook = find(render(), "Job", "agent-test-readyz")
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    path = tmp_path / "hook.yaml"
-    path.write_text(yaml.safe_dump(hook))
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = kubernetes_validate(hook, tmp_path)
     assert result.returncode == 0, result.stdout
 
 

@@ -7,7 +7,6 @@ setting to the service that the generator does not map.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -16,7 +15,6 @@ import sys
 import typing
 from enum import Enum
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -24,23 +22,13 @@ import yaml
 
 from agent_operator.spec import SESSION_URL_PATTERN
 from agent_service.config import Settings, _check_session_url
-from tests.chart.conftest import CHART, ROOT, run_helm
+from tests.chart.conftest import CHART, ROOT, load_schema_generator, run_helm
 
 GENERATOR = ROOT / "hack" / "schema" / "generate.py"
 CRD = ROOT / "manifests" / "crds" / "agentdeployments.yaml"
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("schema_generate", GENERATOR)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generator()
+generate = load_schema_generator()
 
 
 def _service_limits(setting: str) -> dict[str, Any]:
