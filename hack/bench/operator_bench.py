@@ -67,7 +67,7 @@ class Kubectl:
 def agent_manifest(name: str, image: str) -> dict[str, Any]:
     """A minimal AgentDeployment."""
     return {
-        "apiVersion": "moorage.dev/v1alpha1",
+        "apiVersion": "moorage.dev/v1beta1",
         "kind": "AgentDeployment",
         "metadata": {"name": name},
         "spec": {"image": image, "replicas": 1},

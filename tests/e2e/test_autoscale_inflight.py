@@ -204,7 +204,7 @@ def test_an_agentdeployment_scales_on_turns_in_flight_through_the_operator(
     maximum = 3
     with host_redis(cluster) as redis:
         resource: dict[str, Any] = {
-            "apiVersion": "moorage.dev/v1alpha1",
+            "apiVersion": "moorage.dev/v1beta1",
             "kind": "AgentDeployment",
             "metadata": {"name": RELEASE, "namespace": real_namespace},
             "spec": {

@@ -243,7 +243,7 @@ def events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[dic
 def apply_agent(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
     """Apply an AgentDeployment with the given spec (kubectl apply, as a user would)."""
     manifest = {
-        "apiVersion": "moorage.dev/v1alpha1",
+        "apiVersion": "moorage.dev/v1beta1",
         "kind": "AgentDeployment",
         "metadata": {"name": name},
         "spec": {"image": IMAGE_V1, **spec},

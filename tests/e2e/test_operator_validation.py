@@ -26,7 +26,7 @@ def installed(cluster: Cluster) -> Cluster:
 
 def _dry_run(cluster: Cluster, namespace: str, spec: Any, **meta: Any) -> tuple[int, str]:
     manifest = {
-        "apiVersion": "moorage.dev/v1alpha1",
+        "apiVersion": "moorage.dev/v1beta1",
         "kind": "AgentDeployment",
         "metadata": {"name": "candidate", **meta},
         "spec": spec,
@@ -42,7 +42,7 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
     result = installed.kubectl_run(
         "apply", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
         input=json.dumps({
-            "apiVersion": "moorage.dev/v1alpha1",
+            "apiVersion": "moorage.dev/v1beta1",
             "kind": "AgentDeployment",
             "metadata": {"name": "ok"},
             "spec": {"image": "registry.example.com:5000/team/agent:1.0"},
@@ -209,7 +209,7 @@ def test_scaling_below_zero_through_the_scale_subresource_is_rejected(
     installed.kubectl_run(
         "apply", "-n", namespace, "-f", "-",
         input=json.dumps({
-            "apiVersion": "moorage.dev/v1alpha1",
+            "apiVersion": "moorage.dev/v1beta1",
             "kind": "AgentDeployment",
             "metadata": {"name": "scalable"},
             "spec": {"image": "a:1"},

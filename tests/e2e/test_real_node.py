@@ -315,7 +315,7 @@ def test_the_in_cluster_operator_runs_real_pods_and_reverts_a_rollout_undo(
     first, second = f"{SERVICE_REPO}:{IMAGE_TAG}", f"{SERVICE_REPO}:{NEXT_TAG}"
     with host_redis(cluster) as redis:
         resource = {
-            "apiVersion": "moorage.dev/v1alpha1",
+            "apiVersion": "moorage.dev/v1beta1",
             "kind": "AgentDeployment",
             "metadata": {"name": "agent", "namespace": real_namespace},
             "spec": {"image": first, "replicas": 1, "model": {"name": "echo"},

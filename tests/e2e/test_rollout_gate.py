@@ -234,7 +234,7 @@ def agent(cluster: Cluster, gate_images: None, operator_in_cluster: str) -> Iter
     try:
         with host_redis(cluster) as redis:
             resource = {
-                "apiVersion": "moorage.dev/v1alpha1",
+                "apiVersion": "moorage.dev/v1beta1",
                 "kind": "AgentDeployment",
                 "metadata": {"name": NAME, "namespace": namespace},
                 "spec": {
@@ -410,7 +410,7 @@ def test_the_gate_asks_as_a_client_when_the_service_requires_api_keys(
         f"--from-literal=keys=# the gate asks as the first client\nsmoke:{key}\n",
     )  # fmt: skip
     resource = {
-        "apiVersion": "moorage.dev/v1alpha1",
+        "apiVersion": "moorage.dev/v1beta1",
         "kind": "AgentDeployment",
         "metadata": {"name": NAME, "namespace": real_namespace},
         "spec": {

@@ -10,7 +10,7 @@ from typing import Any
 from agent_operator import contract
 
 GROUP = "moorage.dev"
-VERSION = "v1alpha1"
+VERSION = "v1beta1"
 PLURAL = "agentdeployments"
 KIND = "AgentDeployment"
 

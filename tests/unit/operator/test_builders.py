@@ -32,7 +32,7 @@ def test_every_child_carries_a_controller_owner_reference_and_our_labels():
         assert meta["namespace"] == "team-a"
         assert meta["ownerReferences"] == [
             {
-                "apiVersion": "moorage.dev/v1alpha1",
+                "apiVersion": "moorage.dev/v1beta1",
                 "kind": "AgentDeployment",
                 "name": "demo",
                 "uid": "1234-abcd",

@@ -87,7 +87,7 @@ def test_children_are_traced_to_their_agentdeployment_by_owner_reference():
         "metadata": {
             "ownerReferences": [
                 {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x"},
-                {"apiVersion": "moorage.dev/v1alpha1", "kind": "AgentDeployment", "name": "demo"},
+                {"apiVersion": "moorage.dev/v1beta1", "kind": "AgentDeployment", "name": "demo"},
             ]
         }
     }
