@@ -55,6 +55,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="peering priority: a higher one pauses the others (a local debug run, say)",
     )
     parser.add_argument(
+        "--peering",
+        default=env("AGENT_OPERATOR_PEERING", "cluster"),
+        choices=["cluster", "namespaced"],
+        help="where instances meet: one ClusterKopfPeering (default), or a KopfPeering in each "
+        "watched namespace (needs --namespaces; an operator with namespaced RBAC only)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("AGENT_OPERATOR_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning"],
@@ -62,56 +69,67 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-PEERING_FIX = (
-    "apply it with `kubectl apply -f manifests/operator/peering.yaml` (or grant the operator "
-    "`create` on clusterkopfpeerings.kopf.dev, as manifests/operator/rbac.yaml does)"
-)
+def _peering_fix(namespace: str | None) -> str:
+    if namespace is None:
+        return (
+            "apply it with `kubectl apply -f manifests/operator/peering.yaml` (or grant the "
+            "operator `create` on clusterkopfpeerings.kopf.dev, as manifests/operator/rbac.yaml "
+            "does)"
+        )
+    return (
+        f"apply manifests/operator/namespaced/peering.yaml in namespace {namespace} (or grant the "
+        "operator `create` on kopfpeerings.kopf.dev there, as manifests/operator/namespaced/"
+        "role.yaml does)"
+    )
 
 
-def peering_problem() -> str | None:
-    """None when the ClusterKopfPeering exists (created here when missing), else what is
-    wrong and how to fix it."""
+def peering_problem(namespace: str | None = None) -> str | None:
+    """None when the peering object exists (created here when missing), else what is wrong
+    and how to fix it. `namespace`: the KopfPeering there, else the ClusterKopfPeering."""
+    kind = kube.peering_kind(namespace)
+    where = "" if namespace is None else f" in namespace {namespace!r}"
     try:
-        if not kube.peering_served():
+        if not kube.peering_served(namespace):
             return (
-                "the ClusterKopfPeering CRD (clusterkopfpeerings.kopf.dev) is not installed; "
-                "install the CRDs with `kubectl apply -k manifests/crds`"
+                f"the {kind} CRD is not installed; install the CRDs with "
+                "`kubectl apply -k manifests/crds`"
             )
-        if kube.get_peering(MANAGER) is not None:
+        if kube.get_peering(MANAGER, namespace) is not None:
             return None
-        created = kube.create_peering(MANAGER)
+        created = kube.create_peering(MANAGER, namespace)
     except ApiException as exc:
         return (
-            f"the ClusterKopfPeering {MANAGER!r} does not exist and the operator could not "
-            f"create it ({kube.error_message(exc)}): {PEERING_FIX}"
+            f"the {kind} {MANAGER!r}{where} does not exist and the operator could not "
+            f"create it ({kube.error_message(exc)}): {_peering_fix(namespace)}"
         )
     except Exception as exc:  # connection failures (urllib3's): say so and keep trying
         return f"could not reach the API server ({exc})"
     if created:
-        log.warning("the ClusterKopfPeering %r was missing; created it", MANAGER)
+        log.warning("the %s %r%s was missing; created it", kind, MANAGER, where)
     return None
 
 
 def wait_for_peering(
+    scopes: Sequence[str | None] = (None,),
     *,
     poll: float = 2.0,
     repeat: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Block until the peering object exists, saying at once (and every `repeat` seconds)
-    what is missing and how to fix it.
+    """Block until every peering object exists (`scopes`: None for the cluster's, else the
+    namespaces'), saying at once (and every `repeat` seconds) what is missing and how to fix it.
 
     kopf itself would start, find no peering object, and stay paused forever without a word.
     """
     said_at: float | None = None
-    while (problem := peering_problem()) is not None:
+    while problems := [p for p in map(peering_problem, scopes) if p is not None]:
         if said_at is None or clock() - said_at >= repeat:
-            log.error("cannot start: %s; waiting until that is fixed", problem)
+            log.error("cannot start: %s; waiting until that is fixed", "; ".join(problems))
             said_at = clock()
         sleep(poll)
     if said_at is not None:
-        log.info("the ClusterKopfPeering %r is there now; starting", MANAGER)
+        log.info("the peering objects are there now; starting")
 
 
 def own_identity() -> str:
@@ -144,7 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except kubernetes.config.ConfigException as exc:
         log.error("no Kubernetes credentials: %s (set KUBECONFIG or run in a pod)", exc)
         return 2
-    wait_for_peering()
+    if args.peering == "namespaced" and not namespaces:
+        log.error(
+            "AGENT_OPERATOR_PEERING=namespaced needs AGENT_OPERATOR_NAMESPACES: the namespaces "
+            "whose KopfPeering the instances meet in"
+        )
+        return 2
+    scopes: list[str | None] = list(namespaces) if args.peering == "namespaced" else [None]
+    wait_for_peering(scopes)
     identity = own_identity()
     kopf.run(
         clusterwide=not namespaces,
@@ -156,7 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         priority=args.priority,
         # Known to us too, so the resync thread pauses exactly when kopf does.
         identity=cast(Any, identity),
-        memo=kopf.Memo(namespaces=namespaces, identity=identity, priority=args.priority),
+        memo=kopf.Memo(
+            namespaces=namespaces,
+            identity=identity,
+            priority=args.priority,
+            peering=args.peering,
+        ),
     )
     return 0
 

@@ -58,7 +58,7 @@ MANAGED_BY = f"app.kubernetes.io/managed-by={MANAGER}"
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Keep kopf's bookkeeping in annotations, watch only our children, post only warnings."""
     # The status schema is closed, so kopf's progress must not live in status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -70,9 +70,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # when it matters. NB: kopf.info obeys this level, hence kopf.event for Normal events.
     settings.posting.level = logging.WARNING
     settings.peering.name = MANAGER
-    # One ClusterKopfPeering for every mode, so a namespaced instance and a cluster-wide one
-    # also see each other (kopf would otherwise expect a KopfPeering in each namespace).
-    settings.peering.clusterwide = True
+    # One ClusterKopfPeering by default, also for an instance limited to some namespaces, so it
+    # and a cluster-wide one see each other. An operator with namespaced RBAC only
+    # (manifests/operator/namespaced) meets its peers in a KopfPeering in each namespace.
+    settings.peering.clusterwide = memo.get("peering", "cluster") != "namespaced"
     for kind in CHILD_KINDS:
         group, _sep, version = kind.api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
@@ -198,13 +199,14 @@ def _all_keys() -> list[Key]:
 
 def _peering_allows() -> bool:
     """Act only while kopf would: no other live peer with our priority or a higher one."""
-    if _scope.identity is None:
+    identity = _scope.identity
+    if identity is None:
         return True  # no peering (standalone)
-    return peering_allows(
-        kube.get_peering(MANAGER),
-        _scope.identity,
-        _scope.priority,
-        datetime.datetime.now(datetime.UTC),
+    now = datetime.datetime.now(datetime.UTC)
+    scopes = _scope.namespaces if _scope.namespaced_peering else (None,)
+    return all(
+        peering_allows(kube.get_peering(MANAGER, scope), identity, _scope.priority, now)
+        for scope in scopes
     )
 
 
@@ -237,6 +239,7 @@ class _Scope:
     namespaces: Sequence[str] = ()
     identity: str | None = None
     priority: int = 0
+    namespaced_peering: bool = False
 
 
 _scope = _Scope()
@@ -255,6 +258,7 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
     _scope.namespaces = tuple(memo.get("namespaces") or ())
     _scope.identity = memo.get("identity")
     _scope.priority = int(memo.get("priority") or 0)
+    _scope.namespaced_peering = memo.get("peering") == "namespaced"
     RESYNC.start()
 
 

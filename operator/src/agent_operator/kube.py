@@ -164,35 +164,45 @@ def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> 
     )
 
 
-PEERING_PATH = "/apis/kopf.dev/v1/clusterkopfpeerings"
+def peering_kind(namespace: str | None = None) -> str:
+    """The kind of kopf's peering object: one for the cluster, or one per watched namespace."""
+    return "ClusterKopfPeering" if namespace is None else "KopfPeering"
 
 
-def peering_served() -> bool:
-    """Whether the API server serves ClusterKopfPeering (its CRD is installed)."""
+def _peering_path(namespace: str | None) -> str:
+    if namespace is None:
+        return "/apis/kopf.dev/v1/clusterkopfpeerings"
+    return f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
+
+
+def peering_served(namespace: str | None = None) -> bool:
+    """Whether the API server serves the peering kind (its CRD is installed)."""
+    plural = "clusterkopfpeerings" if namespace is None else "kopfpeerings"
     try:
         resources = _call("GET", "/apis/kopf.dev/v1").get("resources") or ()
     except ApiException as exc:
         if exc.status == 404:
             return False
         raise
-    return any(r.get("name") == "clusterkopfpeerings" for r in resources)
+    return any(r.get("name") == plural for r in resources)
 
 
-def get_peering(name: str) -> Obj | None:
-    """The ClusterKopfPeering `name`, or None when it does not exist."""
+def get_peering(name: str, namespace: str | None = None) -> Obj | None:
+    """The peering object `name` (in `namespace`, else the cluster's), or None when missing."""
     try:
-        return _call("GET", f"{PEERING_PATH}/{name}")
+        return _call("GET", f"{_peering_path(namespace)}/{name}")
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
 
 
-def create_peering(name: str) -> bool:
-    """Create an empty ClusterKopfPeering; False when someone else created it first."""
-    body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+def create_peering(name: str, namespace: str | None = None) -> bool:
+    """Create an empty peering object; False when someone else created it first."""
+    metadata = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+    body = {"apiVersion": "kopf.dev/v1", "kind": peering_kind(namespace), "metadata": metadata}
     try:
-        _call("POST", PEERING_PATH, body=body)
+        _call("POST", _peering_path(namespace), body=body)
     except ApiException as exc:
         if exc.status == 409:
             return False

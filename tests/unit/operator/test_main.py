@@ -20,14 +20,16 @@ def api(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """Fakes of the peering calls; `state` says what the cluster has."""
     state: dict[str, object] = {"served": True, "exists": False, "create": 201, "created": []}
 
-    def create(name: str) -> bool:
+    def create(name: str, namespace: str | None = None) -> bool:
         if state["create"] != 201:
             raise ApiException(status=state["create"], reason="Forbidden")
-        state["created"].append(name)  # type: ignore[attr-defined]
+        state["created"].append(name if namespace is None else f"{namespace}/{name}")  # type: ignore[attr-defined]
         return True
 
-    monkeypatch.setattr(kube, "peering_served", lambda: state["served"])
-    monkeypatch.setattr(kube, "get_peering", lambda name: {"x": 1} if state["exists"] else None)
+    monkeypatch.setattr(kube, "peering_served", lambda namespace=None: state["served"])
+    monkeypatch.setattr(
+        kube, "get_peering", lambda name, namespace=None: {"x": 1} if state["exists"] else None
+    )
     monkeypatch.setattr(kube, "create_peering", create)
     return state
 
@@ -87,7 +89,37 @@ def test_start_up_says_at_once_what_is_missing_and_goes_on_once_it_is_fixed(
     assert len(errors) == 2
     assert "kubectl apply -k manifests/crds" in errors[0]
     assert api["created"] == ["moorage-operator"]
-    assert "is there now; starting" in caplog.text
+    assert "are there now; starting" in caplog.text
+
+
+def test_a_namespaced_instance_creates_a_kopfpeering_in_each_namespace(
+    api: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        entry.wait_for_peering(["team-a", "team-b"], sleep=lambda _s: None)
+    assert api["created"] == ["team-a/moorage-operator", "team-b/moorage-operator"]
+    assert "KopfPeering 'moorage-operator' in namespace 'team-a' was missing" in caplog.text
+
+
+def test_a_namespaced_instance_without_rights_names_the_namespaced_fix(
+    api: dict[str, object],
+) -> None:
+    api["create"] = 403
+    problem = entry.peering_problem("team-a")
+    assert problem is not None
+    assert "KopfPeering 'moorage-operator' in namespace 'team-a' does not exist" in problem
+    assert "manifests/operator/namespaced/peering.yaml in namespace team-a" in problem
+
+
+def test_namespaced_peering_without_namespaces_exits_2_naming_both_settings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(kube, "api_client", lambda: None)
+    monkeypatch.setenv("AGENT_OPERATOR_PEERING", "namespaced")
+    monkeypatch.delenv("AGENT_OPERATOR_NAMESPACES", raising=False)
+    with caplog.at_level(logging.ERROR):
+        assert entry.main([]) == 2
+    assert "AGENT_OPERATOR_PEERING=namespaced needs AGENT_OPERATOR_NAMESPACES" in caplog.text
 
 
 def _peer(priority: int, seconds_ago: int, lifetime: int = 60) -> dict[str, object]:
