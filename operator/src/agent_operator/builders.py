@@ -25,6 +25,7 @@ GATE_ANNOTATION = "moorage.dev/gate"
 SECRETS_DIR = contract.SECRETS_DIR
 # The session store's CA bundle and client certificate (the chart's session.tls), as files.
 SESSION_TLS_DIR = contract.SESSION_TLS_DIR
+TMP_VOLUME, SECRETS_VOLUME, SESSION_TLS_VOLUME = contract.VOLUMES
 GRACE_MARGIN_SECONDS = contract.GRACE_MARGIN_SECONDS
 RUN_AS_ID = contract.RUN_AS_USER
 SECRET_MODE = int(contract.SECRETS["defaultMode"])
@@ -169,12 +170,12 @@ def _secrets_volume(files: list[tuple[SecretKeyRef, str, str]]) -> Obj:
     if len(config) == 1 and not clients:
         ((name, items),) = config.items()
         return {
-            "name": "secrets",
+            "name": SECRETS_VOLUME,
             "secret": {"secretName": name, "defaultMode": SECRET_MODE, "items": items},
         }
     sources = [{"secret": {"name": name, "items": items}} for name, items in config.items()]
     return {
-        "name": "secrets",
+        "name": SECRETS_VOLUME,
         "projected": {"defaultMode": SECRET_MODE, "sources": [*sources, *clients]},
     }
 
@@ -200,12 +201,20 @@ def _session_tls(spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
     if not sources:
         return env, None
     return env, {
-        "name": "session-tls",
+        "name": SESSION_TLS_VOLUME,
         "projected": {"defaultMode": SECRET_MODE, "sources": sources},
     }
 
 
-def _topology_spread(name: str) -> list[Obj]:
+def _topology_spread(name: str, spec: AgentSpec) -> list[Obj]:
+    """The spec's constraints (an item without labelSelector selects this resource's pods), or
+    by default a soft spread over zones and nodes, as the chart's topologySpread does."""
+    given = spec.pod.topology_spread_constraints
+    if given is not None:
+        return [
+            {"labelSelector": {"matchLabels": selector_labels(name)}, **copy.deepcopy(item)}
+            for item in given
+        ]
     return [
         {
             "topologyKey": key,
@@ -228,17 +237,20 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
     tls_env, tls_volume = _session_tls(spec)
     env.extend(tls_env)
     env.extend(dict(item) for item in spec.env)
-    tmp = contract.CONTRACT["tmp"]
-    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": tmp["sizeLimit"]}}]
-    volume_mounts: list[Obj] = [{"name": "tmp", "mountPath": tmp["mountPath"]}]
+    tmp = contract.TMP
+    volumes: list[Obj] = [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": tmp["sizeLimit"]}}]
+    volume_mounts: list[Obj] = [{"name": TMP_VOLUME, "mountPath": tmp["mountPath"]}]
     if files:
         volumes.append(_secrets_volume(files))
-        volume_mounts.append({"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True})
+        volume_mounts.append({"name": SECRETS_VOLUME, "mountPath": SECRETS_DIR, "readOnly": True})
     if tls_volume is not None:
         volumes.append(tls_volume)
         volume_mounts.append(
-            {"name": "session-tls", "mountPath": SESSION_TLS_DIR, "readOnly": True}
+            {"name": SESSION_TLS_VOLUME, "mountPath": SESSION_TLS_DIR, "readOnly": True}
         )
+    # The spec's own volumes after the contract's (validate() keeps them apart).
+    volumes.extend(copy.deepcopy(list(spec.pod.volumes)))
+    volume_mounts.extend(copy.deepcopy(list(spec.pod.volume_mounts)))
     container: Obj = {
         "name": contract.CONTAINER["name"],
         "image": spec.image,
@@ -264,12 +276,15 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             "volumeMounts": volume_mounts,
         }
     )
+    pod = spec.pod
     template: Obj = {
         "metadata": {
-            "labels": common_labels(owner.name),
-            "annotations": {CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec)},
+            # The spec's labels and annotations never take the operator's keys (validate()).
+            "labels": {**pod.labels, **common_labels(owner.name)},
+            "annotations": {**pod.annotations, CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec)},
         },
         "spec": {
+            "serviceAccountName": service_account_name(owner, spec),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {
@@ -281,15 +296,55 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
             "terminationGracePeriodSeconds": grace_period_seconds(spec),
             "containers": [container],
             "volumes": volumes,
-            "topologySpreadConstraints": _topology_spread(owner.name),
         },
     }
+    _place(template["spec"], owner, spec)
     if spec.rollout.gate:
         # Ready only once the operator has run the smoke prompts against this very pod.
         template["spec"]["readinessGates"] = [{"conditionType": GATE_CONDITION}]
         template["metadata"]["annotations"][GATE_ANNOTATION] = gate_json(spec)
     template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = template_hash(template)
     return template
+
+
+def _place(pod_spec: Obj, owner: Owner, spec: AgentSpec) -> None:
+    """Where the pods may run and what they pull with: the spec's fields, only when given."""
+    pod = spec.pod
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pod.image_pull_secrets]
+    if pod.priority_class_name:
+        pod_spec["priorityClassName"] = pod.priority_class_name
+    spread = _topology_spread(owner.name, spec)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
+    if pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod.affinity:
+        pod_spec["affinity"] = copy.deepcopy(pod.affinity)
+    if pod.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(pod.tolerations))
+
+
+def service_account_name(owner: Owner, spec: AgentSpec) -> str:
+    """The pods' ServiceAccount: the spec's, or the operator's own named like the resource."""
+    return spec.pod.service_account_name or owner.name
+
+
+def build_service_account(owner: Owner, spec: AgentSpec) -> Obj | None:
+    """The pods' own ServiceAccount (as the chart creates one), or None when the spec names one.
+
+    A spec naming the resource's own name gets this one too: deleting it would delete the
+    ServiceAccount the pods run under.
+    """
+    if service_account_name(owner, spec) != owner.name:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(owner),
+        # The agent never calls the Kubernetes API, so no token is mounted into its pods.
+        "automountServiceAccountToken": False,
+    }
 
 
 def gate_json(spec: AgentSpec) -> str:
@@ -343,15 +398,20 @@ def build_deployment(owner: Owner, spec: AgentSpec) -> Obj:
 
 def build_service(owner: Owner, spec: AgentSpec) -> Obj:
     """A ClusterIP Service in front of the ready pods."""
+    metadata = _metadata(owner)
+    # The spec's labels never take the operator's keys (validate()).
+    metadata["labels"] = {**spec.service.labels, **metadata["labels"]}
+    if spec.service.annotations:
+        metadata["annotations"] = dict(spec.service.annotations)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner),
+        "metadata": metadata,
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
             "ports": [
-                {"name": "http", "port": spec.service_port, "targetPort": "http", "protocol": "TCP"}
+                {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
             ],
         },
     }
@@ -467,13 +527,16 @@ DEPLOYMENT = ChildKind("apps/v1", "Deployment", "deployments")
 SERVICE = ChildKind("v1", "Service", "services")
 HPA = ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-CHILD_KINDS = (CONFIGMAP, DEPLOYMENT, SERVICE, HPA, PDB)
+SERVICE_ACCOUNT = ChildKind("v1", "ServiceAccount", "serviceaccounts")
+CHILD_KINDS = (CONFIGMAP, SERVICE_ACCOUNT, DEPLOYMENT, SERVICE, HPA, PDB)
 
 
 def build_children(owner: Owner, spec: AgentSpec) -> list[tuple[ChildKind, str, Obj | None]]:
-    """Every child in apply order (config first, so new pods find it); None means delete."""
+    """Every child in apply order (config and ServiceAccount first, so new pods find them);
+    None means delete."""
     return [
         (CONFIGMAP, config_name(owner), build_configmap(owner, spec)),
+        (SERVICE_ACCOUNT, owner.name, build_service_account(owner, spec)),
         (DEPLOYMENT, owner.name, build_deployment(owner, spec)),
         (SERVICE, owner.name, build_service(owner, spec)),
         (HPA, owner.name, build_hpa(owner, spec)),

@@ -35,6 +35,11 @@ SECRETS: Final[Obj] = CONTRACT["secrets"]
 SECRETS_DIR: Final = str(SECRETS["dir"])
 SESSION_TLS: Final[Obj] = CONTRACT["sessionTls"]
 SESSION_TLS_DIR: Final = str(SESSION_TLS["dir"])
+TMP: Final[Obj] = CONTRACT["tmp"]
+# The contract's own volumes and where they are mounted: a spec's extra volumes and mounts may
+# not take these names, nor mount at, above or under these paths.
+VOLUMES: Final = (str(TMP["volume"]), str(SECRETS["volume"]), str(SESSION_TLS["volume"]))
+MOUNT_PATHS: Final = (str(TMP["mountPath"]), SECRETS_DIR, SESSION_TLS_DIR)
 # Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
 GRACE_MARGIN_SECONDS: Final = int(CONTRACT["termination"]["graceMarginSeconds"])
 HTTP_LIMITS: Final[Obj] = CONTRACT["http"]

@@ -77,6 +77,34 @@ RESERVED_ENV = (
 )
 
 IntOrStr = int | str
+Obj = dict[str, Any]
+
+# Labels the operator puts on its pods and Service (the first two select the pods) and the one
+# the Deployment controller adds: spec.pod.labels and spec.service.labels may not set them.
+RESERVED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "pod-template-hash",
+)
+# The operator's own label and annotation keys (config checksum, template hash, gate) live here.
+RESERVED_PREFIX = f"{GROUP}/"
+# Kubernetes' grammars (apimachinery validation), so a bad key is refused here, by name.
+_NAME_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL_PATTERN = r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+LABEL_VALUE_PATTERN = rf"^(?:{_NAME_PART})?$"
+_DNS_SUBDOMAIN_RE = re.compile(DNS_SUBDOMAIN_PATTERN)
+_DNS_LABEL_RE = re.compile(DNS_LABEL_PATTERN)
+_LABEL_VALUE_RE = re.compile(LABEL_VALUE_PATTERN)
+_QUALIFIED_NAME_RE = re.compile(rf"^(?:{DNS_SUBDOMAIN_PATTERN[1:-1]}/)?{_NAME_PART}$")
+# Absolute, no empty segment, no trailing slash: so "under /tmp" is a plain prefix test.
+MOUNT_PATH_PATTERN = r"^(?:/[^/]+)+$"
+_MOUNT_PATH_RE = re.compile(MOUNT_PATH_PATTERN)
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+WHEN_UNSATISFIABLE = ("DoNotSchedule", "ScheduleAnyway")
 
 # The agent service's own bounds of the settings these spec fields become (AGENT_* variables),
 # so a spec the service would refuse is Degraded here rather than a crash-looping pod.
@@ -220,6 +248,39 @@ class Termination:
 
 
 @dataclass(frozen=True)
+class Pod:
+    """Where the pods run and how they are identified: PodSpec fields, passed through as given.
+
+    The chart's values of the same meaning: nodeSelector, tolerations, affinity,
+    topologySpread, priorityClassName, imagePullSecrets, serviceAccount, podAnnotations,
+    podLabels, extraVolumes and extraVolumeMounts.
+    """
+
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[Obj, ...] = ()
+    affinity: Obj = field(default_factory=dict)
+    # None: the contract's spread over zones and nodes (the chart's default); (): none at all.
+    topology_spread_constraints: tuple[Obj, ...] | None = None
+    priority_class_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    # None: a ServiceAccount the operator creates, named like the resource (the chart's default).
+    service_account_name: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[Obj, ...] = ()
+    volume_mounts: tuple[Obj, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    """The Service in front of the pods."""
+
+    port: int = 80
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AgentSpec:
     """A parsed AgentDeployment spec with every default filled in."""
 
@@ -236,7 +297,8 @@ class AgentSpec:
     rollout: Rollout = field(default_factory=Rollout)
     disruption_budget: DisruptionBudget = field(default_factory=DisruptionBudget)
     termination: Termination = field(default_factory=Termination)
-    service_port: int = 80
+    service: Service = field(default_factory=Service)
+    pod: Pod = field(default_factory=Pod)
     log_level: str = "info"
 
     def secret_refs(self) -> list[SecretKeyRef]:
@@ -271,6 +333,68 @@ def _prompt(raw: Any) -> GatePrompt:
         contains=None if contains is None else str(contains),
         matches=None if matches is None else str(matches),
         max_latency_ms=_int(raw, "maxLatencyMs", 5000),
+    )
+
+
+def _pruned(value: Any) -> Any:
+    """A deep copy without nulls: the API server drops them from the child, which would then
+    look drifted on every pass."""
+    if isinstance(value, Mapping):
+        return {str(k): _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_pruned(v) for v in value if v is not None]
+    return value
+
+
+def _object(raw: Mapping[str, Any], key: str, where: str) -> Obj:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpecError([f"spec.{where}.{key} must be an object"])
+    return dict(_pruned(value))
+
+
+def _strings(raw: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    value = _object(raw, key, where)
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise InvalidSpecError([f"spec.{where}.{key}[{name!r}] must be a string"])
+    return value
+
+
+def _objects(raw: Mapping[str, Any], key: str, where: str) -> tuple[Obj, ...]:
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise InvalidSpecError([f"spec.{where}.{key} must be a list of objects"])
+    return tuple(dict(_pruned(item)) for item in value)
+
+
+def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return None if value is None else str(value)
+
+
+def _pod(raw: Mapping[str, Any]) -> Pod:
+    spread = raw.get("topologySpreadConstraints")
+    return Pod(
+        node_selector=_strings(raw, "nodeSelector", "pod"),
+        tolerations=_objects(raw, "tolerations", "pod"),
+        affinity=_object(raw, "affinity", "pod"),
+        topology_spread_constraints=(
+            None if spread is None else _objects(raw, "topologySpreadConstraints", "pod")
+        ),
+        priority_class_name=_optional_str(raw, "priorityClassName"),
+        image_pull_secrets=tuple(
+            str(item.get("name", "")) for item in _objects(raw, "imagePullSecrets", "pod")
+        ),
+        service_account_name=_optional_str(raw, "serviceAccountName"),
+        annotations=_strings(raw, "annotations", "pod"),
+        labels=_strings(raw, "labels", "pod"),
+        volumes=_objects(raw, "volumes", "pod"),
+        volume_mounts=_objects(raw, "volumeMounts", "pod"),
     )
 
 
@@ -367,7 +491,12 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
                 termination, "shutdownTimeoutSeconds", t.shutdown_timeout_seconds
             ),
         ),
-        service_port=_int(service, "port", 80),
+        service=Service(
+            port=_int(service, "port", 80),
+            annotations=_strings(service, "annotations", "service"),
+            labels=_strings(service, "labels", "service"),
+        ),
+        pod=_pod(raw.get("pod") or {}),
         log_level=str(raw.get("logLevel", "info")),
     )
 
@@ -408,6 +537,144 @@ def _gate_problems(rollout: Rollout) -> list[str]:
                 problems.append(f"{where}.matches is not a valid regular expression: {exc}")
         if not 100 <= prompt.max_latency_ms <= GATE_MAX_LATENCY_MS:
             problems.append(f"{where}.maxLatencyMs must be between 100 and {GATE_MAX_LATENCY_MS}")
+    return problems
+
+
+def _metadata_problems(
+    where: str, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> list[str]:
+    """Labels and annotations a user adds: well-formed, and none of the operator's own keys."""
+    problems = []
+    for kind, keys in (("labels", labels), ("annotations", annotations)):
+        for key in keys:
+            if key.startswith(RESERVED_PREFIX) or (kind == "labels" and key in RESERVED_LABELS):
+                problems.append(
+                    f"spec.{where}.{kind} may not set {key}: the operator sets it "
+                    f"({', '.join(RESERVED_LABELS[:2])} select the pods; {RESERVED_PREFIX}* "
+                    "keys are the operator's own)"
+                )
+            elif len(key) > 317 or not _QUALIFIED_NAME_RE.match(key):
+                problems.append(
+                    f"spec.{where}.{kind} key {key!r} is not a valid Kubernetes key "
+                    "([prefix/]name, name at most 63 characters)"
+                )
+    for key, value in labels.items():
+        if not _LABEL_VALUE_RE.match(value):
+            problems.append(
+                f"spec.{where}.labels[{key!r}] must be a label value: at most 63 characters, "
+                "alphanumeric at both ends, '-', '_' and '.' between"
+            )
+    return problems
+
+
+def _name_problems(pod: Pod) -> list[str]:
+    problems = []
+    for label, name in (
+        ("serviceAccountName", pod.service_account_name),
+        ("priorityClassName", pod.priority_class_name),
+        *((f"imagePullSecrets[{i}].name", n) for i, n in enumerate(pod.image_pull_secrets)),
+    ):
+        if name is not None and (len(name) > 253 or not _DNS_SUBDOMAIN_RE.match(name)):
+            problems.append(f"spec.pod.{label} must be a DNS subdomain name, got {name!r}")
+    for key, value in pod.node_selector.items():
+        if not _QUALIFIED_NAME_RE.match(key) or not _LABEL_VALUE_RE.match(value):
+            problems.append(f"spec.pod.nodeSelector[{key!r}] is not a valid node label")
+    return problems
+
+
+def _toleration_problems(tolerations: tuple[Obj, ...]) -> list[str]:
+    problems = []
+    for index, item in enumerate(tolerations):
+        where = f"spec.pod.tolerations[{index}]"
+        operator = item.get("operator", "Equal")
+        if operator not in TOLERATION_OPERATORS:
+            problems.append(f"{where}.operator must be Exists or Equal")
+        if item.get("effect", "") not in TOLERATION_EFFECTS:
+            problems.append(f"{where}.effect must be NoSchedule, PreferNoSchedule or NoExecute")
+        if operator == "Exists" and item.get("value"):
+            problems.append(f"{where}: operator Exists takes no value")
+        if not item.get("key") and operator != "Exists":
+            problems.append(f"{where}: a toleration without a key needs operator Exists")
+        if "tolerationSeconds" in item and item.get("effect") != "NoExecute":
+            problems.append(f"{where}.tolerationSeconds applies only to effect NoExecute")
+    return problems
+
+
+def _spread_problems(constraints: tuple[Obj, ...] | None) -> list[str]:
+    problems = []
+    seen = set()
+    for index, item in enumerate(constraints or ()):
+        where = f"spec.pod.topologySpreadConstraints[{index}]"
+        skew, key, when = (
+            item.get("maxSkew"),
+            item.get("topologyKey"),
+            item.get("whenUnsatisfiable"),
+        )
+        if isinstance(skew, bool) or not isinstance(skew, int) or skew < 1:
+            problems.append(f"{where}.maxSkew must be an integer of 1 or more")
+        if not isinstance(key, str) or not key:
+            problems.append(f"{where}.topologyKey is required (e.g. topology.kubernetes.io/zone)")
+        if when not in WHEN_UNSATISFIABLE:
+            problems.append(f"{where}.whenUnsatisfiable must be DoNotSchedule or ScheduleAnyway")
+        if "minDomains" in item and when != "DoNotSchedule":
+            problems.append(f"{where}.minDomains applies only to whenUnsatisfiable DoNotSchedule")
+        if (key, when) in seen:
+            problems.append(f"{where} repeats topologyKey {key} with whenUnsatisfiable {when}")
+        seen.add((key, when))
+    return problems
+
+
+def _reserved_mount(path: str) -> str | None:
+    """The contract's mount path that `path` is, or is above or under, if any."""
+    for reserved in contract.MOUNT_PATHS:
+        if path == reserved or path.startswith(f"{reserved}/") or reserved.startswith(f"{path}/"):
+            return reserved
+    return None
+
+
+def _volume_problems(pod: Pod) -> list[str]:
+    problems = []
+    names: list[str] = []
+    for index, volume in enumerate(pod.volumes):
+        name = volume.get("name")
+        where = f"spec.pod.volumes[{index}]"
+        if not isinstance(name, str) or not _DNS_LABEL_RE.match(name):
+            problems.append(
+                f"{where}.name must be a DNS label (lower case, at most 63), got {name!r}"
+            )
+        elif name in contract.VOLUMES:
+            problems.append(
+                f"{where}.name may not be {name}: the pod contract's own volumes are "
+                f"{', '.join(contract.VOLUMES)}"
+            )
+        elif name in names:
+            problems.append(f"{where}.name {name} is used twice")
+        if isinstance(name, str):
+            names.append(name)
+    paths: list[str] = []
+    for index, mount in enumerate(pod.volume_mounts):
+        where = f"spec.pod.volumeMounts[{index}]"
+        name, path = mount.get("name"), mount.get("mountPath")
+        if name not in names or name in contract.VOLUMES:
+            problems.append(f"{where}.name must be one of spec.pod.volumes, got {name!r}")
+        if not isinstance(path, str) or not _MOUNT_PATH_RE.match(path):
+            problems.append(
+                f"{where}.mountPath must be an absolute path without a trailing '/', got {path!r}"
+            )
+            continue
+        if {".", ".."} & set(path.split("/")):
+            problems.append(f"{where}.mountPath may not contain . or .. segments")
+        reserved = _reserved_mount(path)
+        if reserved is not None:
+            problems.append(
+                f"{where}.mountPath {path} collides with the pod contract's mount {reserved} "
+                f"(contract mounts: {', '.join(contract.MOUNT_PATHS)}; not at, above or under them)"
+            )
+        if path in paths:
+            problems.append(f"{where}.mountPath {path} is used twice")
+        paths.append(path)
+        if "subPath" in mount and "subPathExpr" in mount:
+            problems.append(f"{where}: set subPath or subPathExpr, not both")
     return problems
 
 
@@ -496,4 +763,10 @@ def validate(spec: AgentSpec) -> list[str]:
     for item in spec.env:
         if str(item.get("name", "")) in RESERVED_ENV:
             problems.append(f"spec.env may not set {item.get('name')}: the operator sets it")
+    problems.extend(_metadata_problems("pod", spec.pod.labels, spec.pod.annotations))
+    problems.extend(_metadata_problems("service", spec.service.labels, spec.service.annotations))
+    problems.extend(_name_problems(spec.pod))
+    problems.extend(_toleration_problems(spec.pod.tolerations))
+    problems.extend(_spread_problems(spec.pod.topology_spread_constraints))
+    problems.extend(_volume_problems(spec.pod))
     return problems

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import kubernetes_validate
 import pytest
 
@@ -13,7 +15,9 @@ from agent_operator.builders import (
     build_hpa,
     build_pdb,
     build_service,
+    build_service_account,
     config_checksum,
+    selector_labels,
     selector_string,
 )
 from agent_operator.spec import parse_spec, validate
@@ -264,3 +268,226 @@ def test_the_clients_keys_are_a_source_of_their_own_even_in_the_same_secret():
         [{"key": "u", "path": "session-url"}, {"key": "k", "path": "model-api-key"}],
         [{"key": "keys", "path": "api-keys"}],
     ]
+
+
+# spec.pod and spec.service: placement and identity of the pods, built as the chart does.
+
+PLACED = {
+    "nodeSelector": {"pool": "agents"},
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"}
+    ],
+    "affinity": {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo"}},
+                    },
+                }
+            ]
+        }
+    },
+    "priorityClassName": "agents-high",
+    "imagePullSecrets": [{"name": "registry"}, {"name": "mirror"}],
+    "annotations": {"team.example/owner": "ml"},
+    "labels": {"team": "ml"},
+    "volumes": [{"name": "prompts", "configMap": {"name": "prompts"}}],
+    "volumeMounts": [{"name": "prompts", "mountPath": "/etc/prompts", "readOnly": True}],
+}
+
+
+def _template(**pod):
+    return build_deployment(OWNER, spec(pod=pod))["spec"]["template"]
+
+
+def test_the_pod_is_placed_where_the_spec_says():
+    pod = _template(**PLACED)["spec"]
+    assert pod["nodeSelector"] == PLACED["nodeSelector"]
+    assert pod["tolerations"] == PLACED["tolerations"]
+    assert pod["affinity"] == PLACED["affinity"]
+    assert pod["priorityClassName"] == "agents-high"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}, {"name": "mirror"}]
+
+
+def test_without_placement_the_pod_has_none_of_those_fields():
+    pod = _template()["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"):
+        assert key not in pod
+
+
+def test_the_spec_labels_and_annotations_join_the_operators_own():
+    meta = _template(**PLACED)["metadata"]
+    assert meta["labels"]["team"] == "ml"
+    assert meta["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert meta["annotations"]["team.example/owner"] == "ml"
+    assert {"moorage.dev/config-checksum", "moorage.dev/template-hash"} <= meta[
+        "annotations"
+    ].keys()
+
+
+def test_the_operators_own_labels_are_the_ones_the_spec_may_not_set():
+    from agent_operator.builders import TEMPLATE_HASH_ANNOTATION, common_labels
+    from agent_operator.spec import RESERVED_LABELS, RESERVED_PREFIX
+
+    assert set(common_labels("demo")) <= set(RESERVED_LABELS)
+    gated = spec(rollout={"gate": {"prompts": [{"message": "hi", "contains": "hi"}]}})
+    annotations = build_deployment(OWNER, gated)["spec"]["template"]["metadata"]["annotations"]
+    assert all(key.startswith(RESERVED_PREFIX) for key in annotations)
+    assert TEMPLATE_HASH_ANNOTATION in annotations
+
+
+def test_extra_volumes_and_mounts_follow_the_contracts():
+    pod = _template(**PLACED)["spec"]
+    (container,) = pod["containers"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "prompts"]
+    assert pod["volumes"][-1] == {"name": "prompts", "configMap": {"name": "prompts"}}
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "prompts", "mountPath": "/etc/prompts", "readOnly": True},
+    ]
+
+
+def test_the_default_spread_is_over_zones_and_nodes_and_a_given_one_replaces_it():
+    default = _template()["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in default] == [
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
+    given = {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+    }
+    (built,) = _template(topologySpreadConstraints=[given])["spec"]["topologySpreadConstraints"]
+    # Without a labelSelector a constraint would count no pods at all: it counts this resource's.
+    assert built == {**given, "labelSelector": {"matchLabels": selector_labels("demo")}}
+    own = {**given, "labelSelector": {"matchLabels": {"tier": "agents"}}}
+    (built,) = _template(topologySpreadConstraints=[own])["spec"]["topologySpreadConstraints"]
+    assert built == own
+    assert "topologySpreadConstraints" not in _template(topologySpreadConstraints=[])["spec"]
+
+
+def test_the_pods_run_under_the_operators_service_account_unless_the_spec_names_one():
+    own = build_service_account(OWNER, spec())
+    assert own is not None
+    assert own["metadata"]["name"] == "demo"
+    assert own["automountServiceAccountToken"] is False
+    assert _template()["spec"]["serviceAccountName"] == "demo"
+    named = spec(pod={"serviceAccountName": "agent-identity"})
+    assert build_service_account(OWNER, named) is None  # so a full pass deletes ours
+    template = build_deployment(OWNER, named)["spec"]["template"]["spec"]
+    assert template["serviceAccountName"] == "agent-identity"
+    assert template["automountServiceAccountToken"] is False
+
+
+def test_a_spec_naming_the_operators_own_service_account_keeps_it():
+    # Deleting it would delete the ServiceAccount the pods run under.
+    assert build_service_account(OWNER, spec(pod={"serviceAccountName": "demo"})) is not None
+
+
+def test_the_service_account_comes_before_the_deployment():
+    kinds = [kind.kind for kind, _, _ in build_children(OWNER, spec())]
+    assert kinds.index("ServiceAccount") < kinds.index("Deployment")
+
+
+def test_the_service_gets_the_spec_labels_and_annotations():
+    service = build_service(
+        OWNER,
+        spec(service={"port": 81, "labels": {"tier": "web"}, "annotations": {"lb.example/x": "1"}}),
+    )
+    assert service["metadata"]["labels"]["tier"] == "web"
+    assert service["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "moorage-operator"
+    assert service["metadata"]["annotations"] == {"lb.example/x": "1"}
+    assert service["spec"]["ports"][0]["port"] == 81
+    assert "annotations" not in build_service(OWNER, spec())["metadata"]
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        {"nodeSelector": {"pool": "agents"}},
+        {"tolerations": [{"key": "k", "operator": "Exists"}]},
+        {"affinity": PLACED["affinity"]},
+        {"topologySpreadConstraints": []},
+        {"priorityClassName": "high"},
+        {"imagePullSecrets": [{"name": "registry"}]},
+        {"serviceAccountName": "agent-identity"},
+        {"annotations": {"a": "1"}},
+        {"labels": {"team": "ml"}},
+        {"volumes": [{"name": "v", "emptyDir": {}}]},
+        {
+            "volumes": [{"name": "v", "emptyDir": {}}],
+            "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+        },
+    ],
+    ids=lambda pod: "+".join(pod),
+)
+def test_each_pod_field_makes_a_new_revision(pod):
+    from agent_operator.builders import TEMPLATE_HASH_ANNOTATION
+
+    def revision(**fields):
+        return _template(**fields)["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+
+    # The revision (the template hash) is what a rollout and its rollback are judged by.
+    base = {"volumes": [{"name": "v", "emptyDir": {}}]} if "volumeMounts" in pod else {}
+    assert revision(**pod) != revision(**base)
+
+
+@pytest.mark.parametrize(
+    ("path", "edit"),
+    [
+        ("nodeSelector", lambda pod: pod.pop("nodeSelector")),
+        ("tolerations", lambda pod: pod["tolerations"].clear()),
+        ("affinity", lambda pod: pod.pop("affinity")),
+        ("priorityClassName", lambda pod: pod.update(priorityClassName="low")),
+        ("volumes", lambda pod: pod["volumes"].pop()),
+        ("serviceAccountName", lambda pod: pod.update(serviceAccountName="default")),
+    ],
+)
+def test_a_hand_edit_of_a_pod_field_is_drift(path, edit):
+    from agent_operator.drift import drifted_fields
+
+    desired = build_deployment(OWNER, spec(pod=PLACED))
+    live = copy.deepcopy(desired)
+    pod = live["spec"]["template"]["spec"]
+    # What the API server adds to a volume and a toleration is not drift.
+    pod["volumes"][-1]["configMap"]["defaultMode"] = 420
+    assert drifted_fields(desired, live) == []
+    edit(pod)
+    assert any(f".spec.template.spec.{path}" in p for p in drifted_fields(desired, live))
+
+
+def test_a_hand_edit_of_a_pod_label_is_drift():
+    from agent_operator.drift import drifted_fields
+
+    desired = build_deployment(OWNER, spec(pod=PLACED))
+    live = copy.deepcopy(desired)
+    live["spec"]["template"]["metadata"]["labels"].pop("team")
+    assert drifted_fields(desired, live) == [".spec.template.metadata.labels.team"]
+
+
+def test_placed_children_are_valid_kubernetes_objects():
+    full = spec(
+        pod={
+            **PLACED,
+            "serviceAccountName": "agent-identity",
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                }
+            ],
+        },
+        service={"labels": {"tier": "web"}, "annotations": {"a": "1"}},
+    )
+    assert validate(full) == []
+    for _, _, obj in build_children(OWNER, full):
+        if obj is not None:
+            kubernetes_validate.validate(obj, "1.35", strict=True)
+    own = build_children(OWNER, spec())
+    account = next(obj for kind, _, obj in own if kind.kind == "ServiceAccount")
+    kubernetes_validate.validate(account, "1.35", strict=True)

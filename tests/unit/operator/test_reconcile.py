@@ -198,6 +198,7 @@ def test_a_full_pass_creates_every_child_but_no_hpa_while_autoscaling_is_off():
     outcome = reconcile(fake, _agent(), full=True)
     assert {key[0] for key in fake.objects} == {
         "configmaps",
+        "serviceaccounts",
         "deployments",
         "services",
         "poddisruptionbudgets",
