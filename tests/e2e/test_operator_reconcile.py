@@ -37,10 +37,11 @@ def uv_binary() -> str:
     return found
 
 
-def install_operator_manifests(cluster: Cluster) -> None:
-    """CRDs, namespace, RBAC, peering object and operator Deployment, as a user installs them."""
+def install_operator_manifests(cluster: Cluster, root: Path = ROOT) -> None:
+    """CRDs, namespace, RBAC, peering object and operator Deployment, as a user installs them
+    (from this tree, or from `root`, a previous release's)."""
     # CRDs first: one apply cannot create the peering object of a kind it only just defined.
-    cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "crds"))
+    cluster.kubectl_run("apply", "-k", str(root / "manifests" / "crds"))
     cluster.kubectl_run(
         "wait",
         "--for=condition=Established",
@@ -53,7 +54,7 @@ def install_operator_manifests(cluster: Cluster) -> None:
     # really starts; the tests run the operator as a local process instead. Applied with 0
     # replicas, no pod of it ever starts: one that ran for a moment (apply, then scale to 0)
     # left a same-priority peer in the peering object, and the local operators paused for it.
-    rendered = cluster.kubectl_run("kustomize", str(ROOT / "manifests" / "operator")).stdout
+    rendered = cluster.kubectl_run("kustomize", str(root / "manifests" / "operator")).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     for doc in docs:
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "moorage-operator":
@@ -71,10 +72,10 @@ def install_operator_manifests(cluster: Cluster) -> None:
     )
 
 
-def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
+def service_account_kubeconfig(cluster: Cluster, path: Path, namespace: str = OPERATOR_NS) -> Path:
     """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token)."""
     token = cluster.kubectl_run(
-        "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=3h"
+        "create", "token", OPERATOR_SA, "-n", namespace, "--duration=3h"
     ).stdout.strip()
     admin = json.loads(
         cluster.kubectl_run("config", "view", "--raw", "--minify", "-o", "json").stdout
@@ -98,9 +99,11 @@ def service_account_kubeconfig(cluster: Cluster, path: Path) -> Path:
 
 
 class OperatorProcess:
-    """`agent-operator` started through uv run; stopped by its pid."""
+    """`agent-operator` started through uv run (of this tree, or `root`'s); stopped by its pid."""
 
-    def __init__(self, cluster: Cluster, kubeconfig: Path, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, cluster: Cluster, kubeconfig: Path, log_path: Path, root: Path = ROOT, **env: str
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         environment = {k: v for k, v in cluster.env.items() if not k.startswith("AGENT_")}
@@ -114,7 +117,7 @@ class OperatorProcess:
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
             [uv_binary(), "run", "--frozen", "agent-operator"],
-            cwd=ROOT,
+            cwd=root,
             env=environment,
             stdout=self._log,
             stderr=subprocess.STDOUT,
