@@ -110,6 +110,13 @@ def _service_image(cluster: Cluster) -> str:
     ).stdout  # fmt: skip
 
 
+def _operator_image(cluster: Cluster) -> str:
+    return cluster.kubectl_run(
+        "get", "deployment", "moorage-operator", "-n", "moorage-system",
+        "-o", "jsonpath={.spec.template.spec.containers[0].image}",
+    ).stdout  # fmt: skip
+
+
 # Three builds of an image and three rollouts, each bounded by BUILD_AND_DEPLOY_S.
 @pytest.mark.timeout(3 * BUILD_AND_DEPLOY_S + 600)
 def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
@@ -152,6 +159,7 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
 
         wait_until(lambda: serving("echo: hello"), "make dev to serve", timeout=BUILD_AND_DEPLOY_S)
         first = _service_image(cluster)
+        operator_image = _operator_image(cluster)
         # skaffold takes its baseline of the sources after the deploy: an edit before this line
         # is part of the baseline and triggers nothing.
         wait_until(
@@ -170,6 +178,8 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
             timeout=BUILD_AND_DEPLOY_S,
         )
         assert _service_image(cluster) != first
+        # Only the artifact whose inputs changed was rebuilt (its own dependency paths).
+        assert _operator_image(cluster) == operator_image
 
         # Ctrl-C, as in a terminal: the whole foreground process group gets SIGINT.
         os.killpg(dev.pid, signal.SIGINT)
