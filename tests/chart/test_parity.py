@@ -7,7 +7,12 @@ combinations the chart refuses. For each case the chart is rendered with `helm t
 operator's children are built with `build_children(parse_spec(spec))`; the pod template, the
 agent's environment, the Deployment's rollout settings, the Service, the PDB and the HPA must be
 equal. What only one side can express (the operator's plain `session.url`, `minAvailable`,
-`valueFrom` env and smoke gate; the chart's memory HPA metric and grace margin) is not generated.
+`valueFrom` env and smoke gate; the chart's memory HPA metric, grace margin, spread skew of the
+default pair and ServiceAccount annotations) is not generated. The pod's placement and identity
+(spec.pod: node selector, tolerations, affinity, spread, priority, pull secrets, ServiceAccount,
+labels, annotations, extra volumes and mounts) and the Service's labels and annotations are axes
+too, and what both refuse (the chart's and operator's own keys, the contract's volumes and
+mounts) is checked on both sides at the end.
 """
 
 from __future__ import annotations
@@ -58,6 +63,58 @@ def _chart_secret(key: str) -> Obj:
     """The chart's own Secret (named like the release), as a secret reference."""
     return {"name": NAME, "key": key}
 
+
+AFFINITY: Obj = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
+                    ]
+                }
+            ]
+        }
+    },
+    "podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": NAME}},
+                },
+            }
+        ]
+    },
+}
+SPREAD: Obj = {
+    "maxSkew": 1,
+    "topologyKey": "kubernetes.io/hostname",
+    "whenUnsatisfiable": "DoNotSchedule",
+}
+SPREAD_OWN: list[Obj] = [
+    {
+        "maxSkew": 2,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "minDomains": 3,
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/part-of": "moorage"}},
+        "matchLabelKeys": ["pod-template-hash"],
+        "nodeTaintsPolicy": "Honor",
+    },
+    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"},
+]
+PROMPTS_VOLUME: Obj = {"name": "prompts", "configMap": {"name": "agent-prompts"}}
+PROMPTS_MOUNT: Obj = {"name": "prompts", "mountPath": "/etc/moorage/prompts", "readOnly": True}
+CACHE_VOLUMES: list[Obj] = [
+    {"name": "cache", "emptyDir": {"sizeLimit": "256Mi"}},
+    {"name": "corp-ca", "secret": {"secretName": "corp-ca", "defaultMode": 292}},
+]
+CACHE_MOUNTS: list[Obj] = [
+    {"name": "cache", "mountPath": "/var/cache/agent"},
+    {"name": "corp-ca", "mountPath": "/etc/ssl/corp/ca.crt", "subPath": "ca.crt", "readOnly": True},
+]
 
 AXES: dict[str, dict[str, Pair]] = {
     "image": {
@@ -374,6 +431,112 @@ AXES: dict[str, dict[str, Pair]] = {
     "service": {
         "defaults": Pair({}, {}),
         "port-8081": Pair({"service": {"port": 8081}}, {"service": {"port": 8081}}),
+        "labelled": _same(
+            {
+                "service": {
+                    "annotations": {"lb.example.com/internal": "true"},
+                    "labels": {"tier": "web", "example.com/team": "ml"},
+                }
+            }
+        ),
+    },
+    # Where the pods may run and what they pull with (the spec's pod.*; top-level values).
+    "placement": {
+        "anywhere": Pair({}, {}),
+        "pool": Pair(
+            {
+                "nodeSelector": {"pool": "agents"},
+                "tolerations": [
+                    {
+                        "key": "dedicated",
+                        "operator": "Equal",
+                        "value": "agents",
+                        "effect": "NoSchedule",
+                    },
+                    {
+                        "key": "node.kubernetes.io/unreachable",
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": 30,
+                    },
+                ],
+                "priorityClassName": "agents-high",
+            },
+            {
+                "pod": {
+                    "nodeSelector": {"pool": "agents"},
+                    "tolerations": [
+                        {
+                            "key": "dedicated",
+                            "operator": "Equal",
+                            "value": "agents",
+                            "effect": "NoSchedule",
+                        },
+                        {
+                            "key": "node.kubernetes.io/unreachable",
+                            "operator": "Exists",
+                            "effect": "NoExecute",
+                            "tolerationSeconds": 30,
+                        },
+                    ],
+                    "priorityClassName": "agents-high",
+                }
+            },
+        ),
+        "affinity": Pair({"affinity": AFFINITY}, {"pod": {"affinity": AFFINITY}}),
+        "pull-secrets": Pair(
+            {"imagePullSecrets": ["registry", "mirror"]},
+            {"pod": {"imagePullSecrets": [{"name": "registry"}, {"name": "mirror"}]}},
+        ),
+    },
+    "spread": {
+        "zones-and-nodes": Pair({}, {}),
+        "none": Pair(
+            {"topologySpread": {"enabled": False}}, {"pod": {"topologySpreadConstraints": []}}
+        ),
+        # No labelSelector: both count this resource's pods.
+        "hard-per-node": Pair(
+            {"topologySpread": {"constraints": [SPREAD]}},
+            {"pod": {"topologySpreadConstraints": [SPREAD]}},
+        ),
+        "own-selector": Pair(
+            {"topologySpread": {"constraints": SPREAD_OWN}},
+            {"pod": {"topologySpreadConstraints": SPREAD_OWN}},
+        ),
+    },
+    # The pods' ServiceAccount and their extra labels and annotations.
+    "identity": {
+        "own-account": Pair({}, {}),
+        "named-account": Pair(
+            {"serviceAccount": {"create": False, "name": "agent-identity"}},
+            {"pod": {"serviceAccountName": "agent-identity"}},
+        ),
+        "default-account": Pair(
+            {"serviceAccount": {"create": False}}, {"pod": {"serviceAccountName": "default"}}
+        ),
+        "labelled": Pair(
+            {
+                "podLabels": {"team": "ml", "app.kubernetes.io/component": "agent"},
+                "podAnnotations": {"sidecar.example.com/inject": "false"},
+            },
+            {
+                "pod": {
+                    "labels": {"team": "ml", "app.kubernetes.io/component": "agent"},
+                    "annotations": {"sidecar.example.com/inject": "false"},
+                }
+            },
+        ),
+    },
+    "volumes": {
+        "contract-only": Pair({}, {}),
+        "prompts": Pair(
+            {"extraVolumes": [PROMPTS_VOLUME], "extraVolumeMounts": [PROMPTS_MOUNT]},
+            {"pod": {"volumes": [PROMPTS_VOLUME], "volumeMounts": [PROMPTS_MOUNT]}},
+        ),
+        "cache-and-ca": Pair(
+            {"extraVolumes": CACHE_VOLUMES, "extraVolumeMounts": CACHE_MOUNTS},
+            {"pod": {"volumes": CACHE_VOLUMES, "volumeMounts": CACHE_MOUNTS}},
+        ),
     },
 }
 
@@ -470,13 +633,46 @@ def _environment(objs: dict[str, Obj]) -> Obj:
 
 def _pod(objs: dict[str, Obj]) -> Obj:
     pod = copy.deepcopy(objs["Deployment"]["spec"]["template"]["spec"])
-    # The chart runs pods under its own ServiceAccount, the operator under the namespace's
-    # default one; neither mounts its token (compared below).
-    pod.pop("serviceAccountName", None)
     container = pod.pop("containers")[0]
     container.pop("envFrom")  # the ConfigMaps' names differ; their content is in _environment
     container.pop("env", None)
     return {"pod": pod, "container": container}
+
+
+# What each side stamps on its own objects: the chart's release labels and checksums, the
+# operator's manager label, checksum and template hash. The rest must be equal.
+CHART_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/version", "app.kubernetes.io/managed-by")
+OWN_ANNOTATION_PREFIXES = ("checksum/", "moorage.dev/")
+
+
+def _user_metadata(meta: Obj) -> Obj:
+    labels = {k: v for k, v in meta.get("labels", {}).items() if k not in CHART_ONLY_LABELS}
+    annotations = {
+        k: v
+        for k, v in (meta.get("annotations") or {}).items()
+        if not k.startswith(OWN_ANNOTATION_PREFIXES)
+    }
+    return {"labels": labels, "annotations": annotations}
+
+
+def _pod_metadata(objs: dict[str, Obj]) -> Obj:
+    return _user_metadata(objs["Deployment"]["spec"]["template"]["metadata"])
+
+
+def _service_metadata(objs: dict[str, Obj]) -> Obj:
+    return _user_metadata(objs["Service"]["metadata"])
+
+
+def _service_account(objs: dict[str, Obj]) -> Obj | None:
+    """The ServiceAccount made for the pods, if any (the pods' serviceAccountName is compared
+    with the pod template)."""
+    account = objs.get("ServiceAccount")
+    if account is None:
+        return None
+    return {
+        "name": account["metadata"]["name"],
+        "automountServiceAccountToken": account.get("automountServiceAccountToken"),
+    }
 
 
 def _deployment(objs: dict[str, Obj]) -> Obj:
@@ -494,6 +690,9 @@ def _spec_of(kind: str) -> Callable[[dict[str, Obj]], Obj | None]:
 
 ASPECTS: dict[str, Callable[[dict[str, Obj]], Any]] = {
     "pod-template": _pod,
+    "pod-metadata": _pod_metadata,
+    "service-metadata": _service_metadata,
+    "service-account": _service_account,
     "environment": _environment,
     "deployment": _deployment,
     "service": _spec_of("Service"),
@@ -546,3 +745,92 @@ def test_a_case_the_chart_refuses_is_never_generated(
     out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values), check=False)
     assert out.returncode != 0
     assert reason in out.stderr
+
+
+_EXTRA = {"name": "extra", "emptyDir": {}}
+
+
+@pytest.mark.parametrize(
+    ("values", "pod", "chart_says", "operator_says"),
+    [
+        (
+            {"podLabels": {"app.kubernetes.io/instance": "other"}},
+            {"labels": {"app.kubernetes.io/instance": "other"}},
+            "podLabels may not set app.kubernetes.io/instance",
+            "spec.pod.labels may not set app.kubernetes.io/instance",
+        ),
+        (
+            {"podLabels": {"pod-template-hash": "abc"}},
+            {"labels": {"pod-template-hash": "abc"}},
+            "podLabels may not set pod-template-hash",
+            "spec.pod.labels may not set pod-template-hash",
+        ),
+        (
+            {"podAnnotations": {"moorage.dev/gate": "[]"}},
+            {"annotations": {"moorage.dev/gate": "[]"}},
+            "podAnnotations may not set moorage.dev/gate",
+            "spec.pod.annotations may not set moorage.dev/gate",
+        ),
+        (
+            {"extraVolumes": [{"name": "secrets", "emptyDir": {}}]},
+            {"volumes": [{"name": "secrets", "emptyDir": {}}]},
+            "the name secrets is the pod contract's own volume",
+            "spec.pod.volumes[0].name may not be secrets",
+        ),
+        (
+            {
+                "extraVolumes": [_EXTRA],
+                "extraVolumeMounts": [{"name": "extra", "mountPath": "/tmp/x"}],
+            },
+            {"volumes": [_EXTRA], "volumeMounts": [{"name": "extra", "mountPath": "/tmp/x"}]},
+            "mountPath /tmp/x collides with the pod contract's mount /tmp",
+            "mountPath /tmp/x collides with the pod contract's mount /tmp",
+        ),
+        (
+            {
+                "extraVolumes": [_EXTRA],
+                "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc"}],
+            },
+            {"volumes": [_EXTRA], "volumeMounts": [{"name": "extra", "mountPath": "/etc"}]},
+            "mountPath /etc collides with the pod contract's mount /etc/moorage/secrets",
+            "mountPath /etc collides with the pod contract's mount /etc/moorage/secrets",
+        ),
+        (
+            {"extraVolumeMounts": [{"name": "tmp", "mountPath": "/scratch"}]},
+            {"volumeMounts": [{"name": "tmp", "mountPath": "/scratch"}]},
+            "extraVolumeMounts: tmp is not a volume of extraVolumes",
+            "spec.pod.volumeMounts[0].name must be one of spec.pod.volumes, got 'tmp'",
+        ),
+    ],
+    ids=[
+        "selector-label",
+        "pod-template-hash",
+        "operator-annotation",
+        "contract-volume",
+        "under-a-contract-mount",
+        "above-a-contract-mount",
+        "contract-volume-mounted-again",
+    ],
+)
+def test_the_chart_and_the_operator_refuse_the_same_pod_settings(
+    helm: Path, tmp_path: Path, values: Obj, pod: Obj, chart_says: str, operator_says: str
+) -> None:
+    values_file = tmp_path / "refused.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values_file), check=False)
+    assert out.returncode != 0
+    assert chart_says in out.stderr
+    problems = validate(parse_spec({"image": "agent:1", "pod": pod}))
+    assert any(operator_says in problem for problem in problems), problems
+
+
+def test_service_labels_may_not_take_the_selector_labels_on_either_side(
+    helm: Path, tmp_path: Path
+) -> None:
+    service = {"labels": {"app.kubernetes.io/name": "other"}}
+    values_file = tmp_path / "refused.yaml"
+    values_file.write_text(yaml.safe_dump({"service": service}))
+    out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values_file), check=False)
+    assert "service.labels may not set app.kubernetes.io/name" in out.stderr
+    problems = validate(parse_spec({"image": "agent:1", "service": service}))
+    assert problems[0].startswith("spec.service.labels may not set app.kubernetes.io/name")

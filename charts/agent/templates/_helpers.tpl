@@ -221,4 +221,60 @@ Checks across values that a JSON schema cannot express; a failed one stops the r
 {{- if and (hasPrefix "openai:" .Values.model.name) (not (include "agent.modelApiKeyKey" .)) }}
 {{- fail (printf "model.name is %s, which needs an API key: set model.apiKey, or existingSecret.name with existingSecret.modelApiKeyKey" .Values.model.name) }}
 {{- end }}
+{{- include "agent.validatePod" . }}
+{{- end }}
+
+{{/*
+The user's labels, annotations, volumes and mounts never take the chart's or the pod contract's
+own (the operator refuses the same in its CRD and spec validation).
+*/}}
+{{- define "agent.validatePod" -}}
+{{- $own := include "agent.labels" . | fromYaml }}
+{{- $selector := keys (include "agent.selectorLabels" . | fromYaml) | sortAlpha | join " and " }}
+{{- range $where, $labels := dict "podLabels" .Values.podLabels "service.labels" .Values.service.labels }}
+{{- range $key, $_ := $labels }}
+{{- if or (hasKey $own $key) (eq $key "pod-template-hash") (hasPrefix "moorage.dev/" $key) }}
+{{- fail (printf "%s may not set %s: the chart's own labels (%s), pod-template-hash and moorage.dev/* keys are refused; %s select the pods" $where $key (keys $own | sortAlpha | join ", ") $selector) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $where, $annotations := dict "podAnnotations" .Values.podAnnotations "service.annotations" .Values.service.annotations }}
+{{- range $key, $_ := $annotations }}
+{{- if or (hasPrefix "checksum/" $key) (hasPrefix "moorage.dev/" $key) }}
+{{- fail (printf "%s may not set %s: checksum/* and moorage.dev/* annotations are the chart's and the operator's own" $where $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $c := include "agent.contract" . | fromYaml }}
+{{- $names := list $c.tmp.volume $c.secrets.volume $c.sessionTls.volume }}
+{{- $paths := list $c.tmp.mountPath $c.secrets.dir $c.sessionTls.dir }}
+{{- $volumes := list }}
+{{- range .Values.extraVolumes }}
+{{- if has .name $names }}
+{{- fail (printf "extraVolumes: the name %s is the pod contract's own volume (%s): choose another" .name (join ", " $names)) }}
+{{- end }}
+{{- if has .name $volumes }}
+{{- fail (printf "extraVolumes: the name %s is used twice" .name) }}
+{{- end }}
+{{- $volumes = append $volumes .name }}
+{{- end }}
+{{- $mounted := list }}
+{{- range .Values.extraVolumeMounts }}
+{{- if not (has .name $volumes) }}
+{{- fail (printf "extraVolumeMounts: %s is not a volume of extraVolumes" .name) }}
+{{- end }}
+{{- $path := .mountPath }}
+{{- if regexMatch "/\\.\\.?(/|$)" $path }}
+{{- fail (printf "extraVolumeMounts: mountPath %s may not contain . or .. segments" $path) }}
+{{- end }}
+{{- range $paths }}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" .) $path) (hasPrefix (printf "%s/" $path) .) }}
+{{- fail (printf "extraVolumeMounts: mountPath %s collides with the pod contract's mount %s (contract mounts: %s; not at, above or under them)" $path . (join ", " $paths)) }}
+{{- end }}
+{{- end }}
+{{- if has $path $mounted }}
+{{- fail (printf "extraVolumeMounts: mountPath %s is used twice" $path) }}
+{{- end }}
+{{- $mounted = append $mounted $path }}
+{{- end }}
 {{- end }}

@@ -207,14 +207,15 @@ def _session_tls(spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
 
 
 def _topology_spread(name: str, spec: AgentSpec) -> list[Obj]:
-    """The spec's constraints (an item without labelSelector selects this resource's pods), or
+    """The spec's constraints (an item without a labelSelector counts this resource's pods), or
     by default a soft spread over zones and nodes, as the chart's topologySpread does."""
     given = spec.pod.topology_spread_constraints
     if given is not None:
-        return [
-            {"labelSelector": {"matchLabels": selector_labels(name)}, **copy.deepcopy(item)}
-            for item in given
-        ]
+        built = copy.deepcopy(list(given))
+        for item in built:
+            if not item.get("labelSelector"):
+                item["labelSelector"] = {"matchLabels": selector_labels(name)}
+        return built
     return [
         {
             "topologyKey": key,

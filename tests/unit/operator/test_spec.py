@@ -517,3 +517,15 @@ def test_every_pod_field_is_explained():
     assert pod["description"]
     for name, schema in pod["properties"].items():
         assert len(schema.get("description", "")) > 20, name
+
+
+def test_the_readmes_pod_example_is_a_valid_spec():
+    import textwrap
+
+    readme = (CRD.parents[2] / "README.md").read_text()
+    operator = readme.split("<!-- section: operator -->")[1].split("<!-- /section: operator -->")[0]
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", operator, re.DOTALL) if "pod:" in b]
+    example = yaml.safe_load(textwrap.dedent(block))["spec"]
+    spec = parse_spec({"image": "agent:1", **example})
+    assert spec.pod.service_account_name == "agent-identity"
+    assert validate(spec) == []
