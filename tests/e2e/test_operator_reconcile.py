@@ -25,7 +25,7 @@ OPERATOR_SA = "moorage-operator"
 IMAGE_V1 = "localhost/moorage/agent-service:dev"
 IMAGE_V2 = "localhost/moorage/agent-service:v2"
 QUIET_SECONDS = 20
-CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget")
+CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget", "serviceaccount")
 
 
 def uv_binary() -> str:

@@ -154,6 +154,44 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
             {"image": "a:1", "session": {"url": "redis://cache:99999/0"}},
             "have a port from 1 to 65535 if any",
         ),
+        # Pod overrides (spec.pod) may not unsettle what the operator relies on.
+        (
+            {"image": "a:1", "pod": {"labels": {"app.kubernetes.io/instance": "other"}}},
+            "labels may not set app.kubernetes.io/name, app.kubernetes.io/instance",
+        ),
+        (
+            {"image": "a:1", "pod": {"annotations": {"moorage.dev/gate": "x"}}},
+            "annotations may not use the moorage.dev/ prefix",
+        ),
+        (
+            {"image": "a:1", "pod": {"volumes": [{"name": "tmp", "emptyDir": {}}]}},
+            "the names tmp, secrets and session-tls are the pod contract's own volumes",
+        ),
+        (
+            {
+                "image": "a:1",
+                "pod": {
+                    "volumes": [{"name": "extra", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "extra", "mountPath": "/etc/moorage"}],
+                },
+            },
+            "mountPath may not be /tmp, /etc/moorage/secrets or /etc/moorage/session-tls",
+        ),
+        (
+            {"image": "a:1", "pod": {"volumeMounts": [{"name": "nope", "mountPath": "/data"}]}},
+            "each name must be a volume of pod.volumes",
+        ),
+        (
+            {
+                "image": "a:1",
+                "pod": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+            },
+            "operator Exists takes no value",
+        ),
+        (
+            {"image": "a:1", "pod": {"serviceAccountName": "candidate"}},
+            "serviceAccountName may not be the resource's own name",
+        ),
     ],
 )
 def test_invalid_objects_are_rejected_with_the_rules_message(
@@ -239,6 +277,8 @@ def _can_i(cluster: Cluster, *args: str) -> bool:
         ("watch", "poddisruptionbudgets.policy", "--all-namespaces"),
         ("patch", "services", "-n", "team-a"),
         ("patch", "configmaps", "-n", "team-a"),
+        ("patch", "serviceaccounts", "-n", "team-a"),
+        ("delete", "serviceaccounts", "-n", "team-a"),
         ("create", "events", "-n", "team-a"),
         ("get", "secrets", "-n", "team-a"),
         ("patch", "clusterkopfpeerings.kopf.dev"),
