@@ -25,6 +25,8 @@ def main() -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     log.info("starting", extra={"config": settings.redacted()})
+    if settings.deprecations:
+        log.warning("deprecated AGENT_* variables", extra={"variables": settings.deprecations})
     unknown = unknown_variables()
     if unknown:
         log.warning("ignoring unknown AGENT_* variables", extra={"variables": unknown})

@@ -13,13 +13,13 @@ from typing import Any
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from agent_service import tracing
+from agent_service.config import DEFAULT_SYSTEM_PROMPT
 from agent_service.metrics import Metrics
 from agent_service.providers import ChatModel, Message, ModelError, ModelReply, ModelTimeout, Usage
 from agent_service.tools import Tool
+from agent_service.usage import message_tokens
 
-__all__ = ["Agent", "ModelTimeout", "TurnResult", "TurnUsage"]
-
-SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help."
+__all__ = ["Agent", "ModelTimeout", "TurnResult", "TurnUsage", "context_window"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,30 @@ class TurnUsage:
     model: str = ""
 
 
+def context_window(history: Sequence[Message], max_tokens: int | None) -> list[Message]:
+    """The newest messages of `history` whose token estimate fits `max_tokens` (None: all).
+
+    The window is contiguous: it ends at the first older message that does not fit.
+    """
+    if max_tokens is None:
+        return list(history)
+    kept, total = 0, 0
+    for message in reversed(history):
+        total += message_tokens(message)
+        if total > max_tokens:
+            break
+        kept += 1
+    return list(history[len(history) - kept :])
+
+
 class Agent:
-    """Runs turns against one model with a fixed tool set."""
+    """Runs turns against one model with a fixed system prompt, tool set and context window.
+
+    Only `tools` are offered to the model, and a call to any other name is answered as an
+    unknown tool. The stored history a turn receives is already cut to the configured number of
+    messages (by the store); `context_max_tokens` bounds its token estimate too. The system
+    prompt and the turn's message are always sent.
+    """
 
     def __init__(
         self,
@@ -52,6 +74,9 @@ class Agent:
         model_timeout_s: float,
         metrics: Metrics,
         model_name: str = "",
+        *,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        context_max_tokens: int | None = None,
     ) -> None:
         self._model = model
         self.model_name = model_name or model.provider
@@ -60,6 +85,8 @@ class Agent:
         self._max_steps = max_steps
         self._model_timeout_s = model_timeout_s
         self._metrics = metrics
+        self._system_prompt = system_prompt
+        self._context_max_tokens = context_max_tokens
 
     async def events(
         self,
@@ -76,8 +103,9 @@ class Agent:
         """
         used = used if used is not None else TurnUsage()
         used.model = self.model_name
-        messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
-        messages.extend({"role": m["role"], "content": m["content"]} for m in history)
+        messages: list[Message] = [{"role": "system", "content": self._system_prompt}]
+        window = context_window(history, self._context_max_tokens)
+        messages.extend({"role": m["role"], "content": m["content"]} for m in window)
         messages.append({"role": "user", "content": text})
         for step in range(1, self._max_steps + 1):
             reply: ModelReply | None = None

@@ -50,11 +50,13 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         model = open_model(settings)
         agent = Agent(
             model,
-            BUILTIN_TOOLS,
+            {name: BUILTIN_TOOLS[name] for name in settings.tools},
             settings.max_steps,
             settings.model_timeout_s,
             metrics,
             settings.model,
+            system_prompt=settings.system_prompt,
+            context_max_tokens=settings.context_max_tokens,
         )
         budget_policy = BudgetPolicy(
             settings.budget_session_tokens,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import (
@@ -18,10 +19,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_service.auth import read_keys
 from agent_service.store import parse_session_url
+from agent_service.tools import BUILTIN_TOOLS, ToolName
 
 ENV_PREFIX = "AGENT_"
 SESSION_SCHEMES = (
@@ -38,6 +40,12 @@ SESSION_SCHEMES = (
 _SERVICE_LINK_SUFFIXES = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT_")
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help."
+# In characters, from the variable or the file alike. At most 4 bytes each, so a prompt this
+# long fits a ConfigMap (1 MiB) however it is written; the CRD and the chart get the same bound.
+MAX_SYSTEM_PROMPT_CHARS = 131_072
+NO_TOOLS = "none"  # AGENT_TOOLS=none: the model is offered no tool
 
 REDACTED = "***"
 _URL_RE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$", re.DOTALL)
@@ -86,10 +94,22 @@ class Settings(BaseSettings):
     request_timeout_s: PositiveSeconds = 30.0
     echo_latency_ms: int = Field(0, ge=0, le=60_000)
 
+    # The agent's behaviour (README "The agent: prompt, tools, context"). The prompt's text is
+    # never logged: it can hold internal instructions (see `prompt_facts`).
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, max_length=MAX_SYSTEM_PROMPT_CHARS)
+    system_prompt_file: Path | None = None
+    # Comma-separated names, or `none`; NoDecode: a list from a plain string, not from JSON.
+    tools: Annotated[tuple[ToolName, ...], NoDecode] = get_args(ToolName)
+    # The window of stored history a turn sends to the model; the stored history is not cut.
+    context_max_messages: int = Field(40, ge=2, le=1000)
+    # Bound of that history's token estimate (agent_service.usage.estimate_tokens); unset: none.
+    context_max_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    # The name of context_max_messages in v0.1.0, still read (with a warning at start).
+    context_messages: int | None = Field(None, ge=2, le=1000)
+
     session_url: SecretStr = SecretStr("memory://")
     session_url_file: Path | None = None
     session_ttl_s: int = Field(86_400, ge=60, le=90 * 86_400)
-    context_messages: int = Field(40, ge=2, le=1000)
     # A turn stores two messages; older ones are trimmed in the same atomic write.
     max_history_messages: int = Field(1000, ge=2, le=100_000, multiple_of=2)
     # Bound of one store call (and so of a session read); within a turn, the turn's remaining
@@ -139,6 +159,43 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        # Surrounding whitespace (a YAML block's last newline) is not part of an instruction.
+        if not value.strip():
+            raise ValueError("must not be empty (unset it for the default prompt)")
+        return value.strip()
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tool_names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        valid = f"valid: {', '.join(BUILTIN_TOOLS)}, or `{NO_TOOLS}` for no tool"
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        if not names:
+            # An empty variable is more often an unfilled template than a wish for no tools.
+            raise ValueError(f"names no tool ({valid})")
+        if names == [NO_TOOLS]:
+            return ()
+        if NO_TOOLS in names:
+            raise ValueError(f"`{NO_TOOLS}` cannot be combined with tool names")
+        unknown = [name for name in names if name not in BUILTIN_TOOLS]
+        if unknown:
+            listed = ", ".join(repr(name) for name in unknown)
+            raise ValueError(f"unknown tool {listed} ({valid})")
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _usable_prompt_file(cls, value: Path | None) -> Path | None:
+        # Checked here, beside the other fields, so that its problem is named with theirs;
+        # `_agent_problems` reads it again when every field is valid.
+        if value is not None:
+            _read_prompt(value)
+        return value
 
     @field_validator("model_api_key", mode="before")
     @classmethod
@@ -210,6 +267,7 @@ class Settings(BaseSettings):
                     problems.append(f"{env_name('session_url_file')}: file content {err}")
                 object.__setattr__(self, "session_url", SecretStr(url))
         problems.extend(self._session_store_problems())
+        problems.extend(self._agent_problems())
         if self.model.startswith("openai:") and self.model_api_key is None:
             problems.append(
                 f"{env_name('model_api_key')}: required by {env_name('model')}={self.model} "
@@ -225,11 +283,11 @@ class Settings(BaseSettings):
                 f"{env_name('model_timeout_s')}: must not exceed {env_name('request_timeout_s')} "
                 f"({self.model_timeout_s} > {self.request_timeout_s})"
             )
-        if self.context_messages > self.max_history_messages:
+        if self.context_max_messages > self.max_history_messages:
+            window = "context_max_messages" if self.context_messages is None else "context_messages"
             problems.append(
-                f"{env_name('context_messages')}: must not exceed "
-                f"{env_name('max_history_messages')} "
-                f"({self.context_messages} > {self.max_history_messages})"
+                f"{env_name(window)}: must not exceed {env_name('max_history_messages')} "
+                f"({self.context_max_messages} > {self.max_history_messages})"
             )
         for budget in ("budget_session_tokens", "budget_client_daily_tokens"):
             limit = getattr(self, budget)
@@ -253,6 +311,34 @@ class Settings(BaseSettings):
         if self.session_min_replicas is not None:
             return self.session_min_replicas
         return 1 if "+" in self.session_scheme else 0
+
+    @property
+    def deprecations(self) -> list[str]:
+        """Variables set by a name that still works but will go: what to use instead."""
+        if self.context_messages is None:
+            return []
+        return [f"{env_name('context_messages')}: renamed {env_name('context_max_messages')}"]
+
+    def _agent_problems(self) -> list[str]:
+        """Read the prompt file; fold the old name of the context window into the new one."""
+        problems: list[str] = []
+        if self.system_prompt_file is not None:
+            if "system_prompt" in self.model_fields_set:
+                problems.append(_conflict("system_prompt"))
+            else:
+                try:
+                    object.__setattr__(self, "system_prompt", _read_prompt(self.system_prompt_file))
+                except ValueError as err:
+                    problems.append(f"{env_name('system_prompt_file')}: {err}")
+        if self.context_messages is not None:
+            if "context_max_messages" in self.model_fields_set:
+                problems.append(
+                    f"{env_name('context_messages')}: set only {env_name('context_max_messages')}"
+                    " (its new name)"
+                )
+            else:
+                object.__setattr__(self, "context_max_messages", self.context_messages)
+        return problems
 
     def _session_store_problems(self) -> list[str]:
         problems: list[str] = []
@@ -283,13 +369,18 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for the startup log: secrets only as set/unset.
 
-        URLs (any `*_url` setting) are shown with their credentials masked by `redact_url`.
+        URLs (any `*_url` setting) are shown with their credentials masked by `redact_url`,
+        the system prompt only by its length and digest.
         """
         shown: dict[str, Any] = {}
         for name, info in type(self).model_fields.items():
             value = getattr(self, name)
             plain = value.get_secret_value() if isinstance(value, SecretStr) else value
-            if name.endswith("_url") and isinstance(plain, str):
+            if name == "context_messages":
+                continue  # folded into context_max_messages; `deprecations` names it
+            if name == "system_prompt":
+                shown[name] = prompt_facts(self.system_prompt)
+            elif name.endswith("_url") and isinstance(plain, str):
                 shown[name] = redact_url(plain)
             elif (
                 isinstance(value, SecretStr)
@@ -352,6 +443,34 @@ def _describe(err: ValidationError) -> list[str]:
 
 def _conflict(field: str) -> str:
     return f"{env_name(field)}: set only one of {env_name(field)} and {env_name(field + '_file')}"
+
+
+def prompt_facts(prompt: str) -> dict[str, Any]:
+    """What the logs show of a system prompt: enough to tell two apart, never its text."""
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:12]
+    return {"chars": len(prompt), "sha256": digest, "default": prompt == DEFAULT_SYSTEM_PROMPT}
+
+
+def _read_prompt(path: Path) -> str:
+    """The system prompt in a file (a mounted ConfigMap), checked like AGENT_SYSTEM_PROMPT."""
+    if not path.is_file():
+        raise ValueError(f"{path} is not a readable file")
+    try:
+        # Refused before reading when even 4-byte characters could not fit.
+        if path.stat().st_size > 4 * MAX_SYSTEM_PROMPT_CHARS:
+            raise ValueError(f"the file is too large (over {MAX_SYSTEM_PROMPT_CHARS} characters)")
+        prompt = path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("the file is not UTF-8 text") from None
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read ({err.strerror})") from None
+    if not prompt:
+        raise ValueError("the file is empty")
+    if len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
+        raise ValueError(
+            f"the file is too large ({len(prompt)} characters, at most {MAX_SYSTEM_PROMPT_CHARS})"
+        )
+    return prompt
 
 
 def _read_secret(path: Path) -> str:

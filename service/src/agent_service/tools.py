@@ -9,7 +9,7 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 _BINARY: Mapping[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -140,6 +140,10 @@ def _string_params(*names: str) -> dict[str, Any]:
         "additionalProperties": False,
     }
 
+
+# Every tool's name: what AGENT_TOOLS accepts, and the enum `make schemas` gives the CRD and the
+# chart. Kept equal to BUILTIN_TOOLS' keys by tests/unit/service/test_tools.py.
+ToolName = Literal["calculator", "word_count", "clock"]
 
 BUILTIN_TOOLS: dict[str, Tool] = {
     tool.name: tool

@@ -6,9 +6,26 @@ from collections.abc import Mapping
 
 from agent_service.config import ModelPrice
 from agent_service.metrics import Metrics
-from agent_service.providers import Usage
+from agent_service.providers import Message, Usage, count_tokens
 
 ANONYMOUS = "-"  # the client label when client authentication is off
+# What a chat message costs beyond its text (role and framing), about as OpenAI counts it.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate of `text`'s tokens, to bound what a turn sends to a model.
+
+    One token per 4 bytes of UTF-8, rounded up (about what BPE tokenizers make of English;
+    scripts with more bytes per character count more), and never fewer than its words (what
+    the echo model counts), so it errs on the side of sending less.
+    """
+    return max(count_tokens(text), -(-len(text.encode()) // 4))
+
+
+def message_tokens(message: Message) -> int:
+    """The estimate of one chat message: its text and its framing."""
+    return MESSAGE_OVERHEAD_TOKENS + estimate_tokens(str(message.get("content") or ""))
 
 
 def cost_usd(usage: Usage, price: ModelPrice | None) -> float | None:

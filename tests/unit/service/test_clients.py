@@ -151,7 +151,7 @@ def test_a_sessions_history_reports_the_totals_of_all_its_turns(
     make_client: Client, session_budget: int | None
 ) -> None:
     client = make_client(
-        budget_session_tokens=session_budget, max_history_messages=2, context_messages=2
+        budget_session_tokens=session_budget, max_history_messages=2, context_max_messages=2
     )
     turns = [
         client.post("/v1/chat", json={"session_id": "t", "message": m}).json()["usage"]

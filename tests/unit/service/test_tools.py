@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
-from agent_service.tools import BUILTIN_TOOLS, MAX_INT_BITS, Tool, ToolError, calculator
+from agent_service.tools import (
+    BUILTIN_TOOLS,
+    MAX_INT_BITS,
+    Tool,
+    ToolError,
+    ToolName,
+    calculator,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +71,8 @@ def test_each_tool_describes_itself_for_function_calling() -> None:
         assert spec["type"] == "function"
         assert spec["function"]["name"] == name
         assert spec["function"]["parameters"]["type"] == "object"
+
+
+def test_the_tool_names_settings_accept_are_exactly_the_built_in_tools() -> None:
+    # AGENT_TOOLS, the chart's and the CRD's enum are generated from ToolName.
+    assert get_args(ToolName) == tuple(BUILTIN_TOOLS)

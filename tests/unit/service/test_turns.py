@@ -91,7 +91,7 @@ def test_a_streamed_repeat_of_a_key_replays_the_stored_reply(client: TestClient)
 
 
 def test_history_is_trimmed_to_its_maximum_and_read_in_pages(make_client: Client) -> None:
-    client = make_client(max_history_messages=6, context_messages=4)
+    client = make_client(max_history_messages=6, context_max_messages=4)
     for i in range(5):
         client.post("/v1/chat", json={"session_id": "long", "message": f"m{i}"})
     everything = client.get("/v1/sessions/long").json()
@@ -124,8 +124,8 @@ def test_an_odd_or_too_small_history_maximum_is_a_configuration_error() -> None:
 
     with pytest.raises(ValidationError):
         Settings(max_history_messages=7)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="AGENT_CONTEXT_MESSAGES"):
-        Settings(max_history_messages=10, context_messages=20)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="AGENT_CONTEXT_MAX_MESSAGES"):
+        Settings(max_history_messages=10, context_max_messages=20)  # type: ignore[call-arg]
 
 
 class _FailingWrites(MemoryStore):

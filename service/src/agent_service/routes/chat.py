@@ -277,7 +277,7 @@ async def begin_turn(
                         404, "session-not-found", "no such session (it may have expired)"
                     )
                 context = await store.context(
-                    session_id, settings.context_messages, turn_id if idempotency_key else None
+                    session_id, settings.context_max_messages, turn_id if idempotency_key else None
                 )
         replay = None
         if context.record:
