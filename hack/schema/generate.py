@@ -5,13 +5,16 @@ Literal/enum choices) is the one source of truth. A bound the CRD or the chart a
 service refuses turns `kubectl apply`/`helm install` success into a crash-looping pod, so these
 three files carry generated copies:
 
-  manifests/crds/agentdeployments.yaml         minimum/maximum/enum of mapped spec fields
-  charts/agent/values.schema.json              minimum/exclusiveMinimum/maximum/enum of values
+  manifests/crds/agentdeployments.yaml         minimum/maximum/enum/maxLength of mapped spec
+                                               fields (an `x[]` path: the items of list x)
+  charts/agent/values.schema.json              minimum/exclusiveMinimum/maximum/enum/maxLength
+                                               of values
   charts/agent/templates/_helpers.tpl          agent.sessionUrlPattern between its markers: the
                                                CRD's pattern, which mirrors the service's checks
                                                (a template check, since a schema error would
                                                print the URL and so its password)
-  operator/src/agent_operator/spec.py          SERVICE_BOUNDS between its BEGIN/END markers
+  operator/src/agent_operator/spec.py          SERVICE_BOUNDS, SERVICE_CHOICES and
+                                               SERVICE_MAX_LENGTHS between its BEGIN/END markers
 
 The pod contract, charts/agent/files/pod-contract.yaml (probes, hardening, files, port and the
 defaults of termination, HTTP limits, resources and autoscaling), is the one source of the pod
@@ -89,6 +92,12 @@ MAPPINGS = (
     Mapping(
         "budget_turn_tokens", crd="clients.turnReserveTokens", chart="clients.turnReserveTokens"
     ),
+    Mapping("system_prompt", crd="agent.systemPrompt", chart="agent.systemPrompt"),
+    Mapping("tools", crd="agent.tools[]", chart="agent.tools[]"),
+    Mapping(
+        "context_max_messages", crd="agent.context.maxMessages", chart="agent.context.maxMessages"
+    ),
+    Mapping("context_max_tokens", crd="agent.context.maxTokens", chart="agent.context.maxTokens"),
     Mapping(
         "port",
         chart="server.port",
@@ -105,7 +114,8 @@ class Constraint:
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | None = None  # of the value, or of each item of a list
+    max_length: int | None = None  # of a string, in characters
 
 
 def constraint(setting: str) -> Constraint:
@@ -113,11 +123,13 @@ def constraint(setting: str) -> Constraint:
     info = Settings.model_fields[setting]
     found: dict[str, Any] = {}
     for item in info.metadata:
-        for key in ("ge", "gt", "le", "lt"):
+        for key in ("ge", "gt", "le", "lt", "max_length"):
             value = getattr(item, key, None)
             if value is not None:
                 found[key] = value
     annotation = info.annotation
+    if typing.get_origin(annotation) is tuple:  # tuple[Literal[...], ...]: a list of choices
+        annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is typing.Literal:
         found["choices"] = tuple(str(a) for a in typing.get_args(annotation))
     elif isinstance(annotation, type) and issubclass(annotation, Enum):
@@ -132,7 +144,9 @@ def schema_keys(c: Constraint, schema_type: str) -> dict[str, Any]:
     if c.choices is not None:
         return {"enum": list(c.choices)}
     keys: dict[str, Any] = {}
-    if schema_type == "integer":
+    if schema_type == "string" and c.max_length is not None:
+        keys["maxLength"] = c.max_length
+    elif schema_type == "integer":
         if c.ge is not None:
             keys["minimum"] = math.ceil(c.ge)
         elif c.gt is not None:
@@ -173,7 +187,9 @@ def _crd_property(root: yaml.Node, path: str) -> yaml.MappingNode:
     for key in ("schema", "openAPIV3Schema", "properties", "spec"):
         node = _get(node, key)
     for part in path.split("."):
-        node = _get(_get(node, "properties"), part)
+        node = _get(_get(node, "properties"), part.removesuffix("[]"))
+        if part.endswith("[]"):
+            node = _get(node, "items")
     assert isinstance(node, yaml.MappingNode)
     return node
 
@@ -226,7 +242,9 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
 def _chart_property(schema: dict[str, Any], path: str) -> dict[str, Any]:
     node = schema
     for part in path.split("."):
-        node = node["properties"][part]
+        node = node["properties"][part.removesuffix("[]")]
+        if part.endswith("[]"):
+            node = node["items"]
     return node
 
 
@@ -244,7 +262,10 @@ def render_chart_schema(text: str) -> str:
         if m.chart is None:
             continue
         prop = _chart_property(schema, m.chart)
-        wanted = schema_keys(constraint(m.setting), prop.get("type", "string"))
+        types = prop.get("type", "string")
+        # A value that may be null (the service's default) is bounded when it is not.
+        schema_type = types if isinstance(types, str) else next(t for t in types if t != "null")
+        wanted = schema_keys(constraint(m.setting), schema_type)
         if m.chart_minimum is not None:
             minimum, _why = m.chart_minimum
             low = wanted.get("minimum", wanted.get("exclusiveMinimum", -math.inf))
@@ -252,7 +273,7 @@ def render_chart_schema(text: str) -> str:
                 raise SystemExit(f"{m.chart}: chart minimum {minimum} is looser than the service")
             wanted.pop("exclusiveMinimum", None)
             wanted["minimum"] = minimum
-        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "maxLength"):
             if key not in wanted:
                 prop.pop(key, None)
         prop.update(wanted)
@@ -286,22 +307,47 @@ def operator_bounds() -> dict[str, tuple[int, int]]:
     """(minimum, maximum) of every bounded integer CRD field, by spec path."""
     bounds: dict[str, tuple[int, int]] = {}
     for m in MAPPINGS:
-        if m.crd is None:
+        c = constraint(m.setting)
+        if m.crd is None or c.choices is not None or c.max_length is not None:
             continue
-        keys = schema_keys(constraint(m.setting), "integer") if not _is_enum(m) else {}
+        keys = schema_keys(c, "integer")
         if keys:
             bounds[m.crd] = (keys["minimum"], keys["maximum"])
     return bounds
 
 
-def _is_enum(m: Mapping) -> bool:
-    return constraint(m.setting).choices is not None
+def operator_choices() -> dict[str, tuple[str, ...]]:
+    """The values a CRD field (or each item of a list field, its path without `[]`) may take."""
+    return {
+        m.crd.removesuffix("[]"): c.choices
+        for m in MAPPINGS
+        if m.crd is not None and (c := constraint(m.setting)).choices is not None
+    }
+
+
+def operator_max_lengths() -> dict[str, int]:
+    """The longest string a CRD field may hold, in characters."""
+    return {
+        m.crd: c.max_length
+        for m in MAPPINGS
+        if m.crd is not None and (c := constraint(m.setting)).max_length is not None
+    }
+
+
+def _py_tuple(items: tuple[str, ...]) -> str:
+    """A tuple of strings as `ruff format` writes it."""
+    quoted = ", ".join(json.dumps(item) for item in items)
+    return f"({quoted},)" if len(items) == 1 else f"({quoted})"
 
 
 def render_operator_spec(text: str) -> str:
     """spec.py with the block between the markers rewritten."""
     lines = [BEGIN, "SERVICE_BOUNDS: dict[str, tuple[int, int]] = {"]
     lines += [f'    "{path}": ({low}, {high}),' for path, (low, high) in operator_bounds().items()]
+    lines += ["}", "SERVICE_CHOICES: dict[str, tuple[str, ...]] = {"]
+    lines += [f'    "{path}": {_py_tuple(values)},' for path, values in operator_choices().items()]
+    lines += ["}", "SERVICE_MAX_LENGTHS: dict[str, int] = {"]
+    lines += [f'    "{path}": {length},' for path, length in operator_max_lengths().items()]
     lines += ["}", END]
     pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
     if not pattern.search(text):

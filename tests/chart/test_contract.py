@@ -9,6 +9,7 @@ disagree on (a variable, a path, the port, the console script) makes these tests
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.chart.conftest import CHART, Render, agent_container, find
 from tests.conftest import free_port, require_binary
@@ -47,18 +49,28 @@ def resolve(docs: list[dict[str, Any]], secret_root: Path) -> Rendered:
     pod = find(docs, "Deployment", "agent")["spec"]["template"]["spec"]
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
+        # As the kubelet does: every key of `data` (binaryData is not imported).
         env.update(find(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
-    # Secret volumes become files under secret_root, at the same relative paths.
+    # Secret and ConfigMap volumes become files under secret_root, at the same relative paths.
     mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
     relocate: dict[str, str] = {}
     for volume in pod.get("volumes", []):
-        if "secret" not in volume:
+        if "secret" in volume:
+            secret = find(docs, "Secret", volume["secret"]["secretName"])
+            files = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+            items = volume["secret"]["items"]
+        elif "configMap" in volume:
+            config = find(docs, "ConfigMap", volume["configMap"]["name"])
+            files = {k: v.encode() for k, v in (config.get("data") or {}).items()}
+            binary = config.get("binaryData") or {}
+            files.update({k: base64.b64decode(v) for k, v in binary.items()})
+            items = volume["configMap"]["items"]
+        else:
             continue
-        secret = find(docs, "Secret", volume["secret"]["secretName"])
         target = secret_root / volume["name"]
         target.mkdir(parents=True)
-        for item in volume["secret"]["items"]:
-            (target / item["path"]).write_bytes(base64.b64decode(secret["data"][item["key"]]))
+        for item in items:
+            (target / item["path"]).write_bytes(files[item["key"]])
         relocate[mounts[volume["name"]]] = str(target)
     for var in container.get("env", []):
         assert "value" in var, f"{var['name']}: secrets must arrive as files, not valueFrom"
@@ -241,3 +253,46 @@ def test_a_misspelt_variable_in_the_chart_would_be_caught(render: Render, tmp_pa
     finally:
         stop(proc)
     assert unknown_variable_warnings(log) == ["AGENT_MAX_STEP"]
+
+
+def _startup_config(log: Path) -> dict[str, Any]:
+    for line in log.read_text().splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        if "config" in record:
+            return dict(record["config"])
+    raise AssertionError(f"no startup line:\n{log.read_text()}")
+
+
+def test_the_rendered_prompt_tools_and_window_are_what_the_service_runs_with(
+    render: Render, tmp_path: Path
+) -> None:
+    # The longest prompt the service takes, more than an environment value can hold.
+    head = "You are Acme's agent.\nInternal: refunds over 100 EUR go to tier 2."
+    prompt = head + "\n" + "x" * (131_072 - len(head) - 1)
+    values = tmp_path / "agent-values.yaml"
+    agent = {"systemPrompt": prompt, "tools": ["clock"], "context": {"maxMessages": 6}}
+    values.write_text(yaml.safe_dump({"agent": agent}))
+    docs = render(values, server={"port": free_port()})
+    rendered = resolve(docs, tmp_path / "files")
+    assert "AGENT_SYSTEM_PROMPT" not in rendered.env  # only its file, never a variable
+    assert not any(prompt.strip() in value for value in rendered.env.values())
+    log = tmp_path / "service.log"
+    proc = start_service(rendered, log)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{rendered.port}", timeout=5) as client:
+            assert first_answer(client, rendered.liveness_path, proc, log) == 200
+            poll_status(client, rendered.readiness_path, 200, log)
+            turn = client.post("/v1/chat", json={"message": "calc 6*7"}).json()
+    finally:
+        stop(proc)
+    config = _startup_config(log)
+    digest = hashlib.sha256(prompt.strip().encode()).hexdigest()[:12]
+    assert config["system_prompt"] == {
+        "chars": len(prompt.strip()),
+        "sha256": digest,
+        "default": False,
+    }
+    assert (config["tools"], config["context_max_messages"]) == (["clock"], 6)
+    assert turn["tool_calls"][0]["result"] == "error: unknown tool 'calculator'"
+    assert "tier 2" not in log.read_text()
+    assert unknown_variable_warnings(log) == []

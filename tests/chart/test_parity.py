@@ -10,9 +10,10 @@ equal. What only one side can express (the operator's plain `session.url`, `minA
 `valueFrom` env and smoke gate; the chart's memory HPA metric, grace margin, spread skew of the
 default pair and ServiceAccount annotations) is not generated. The pod's placement and identity
 (spec.pod: node selector, tolerations, affinity, spread, priority, pull secrets, ServiceAccount,
-labels, annotations, extra volumes and mounts) and the Service's labels and annotations are axes
-too, and what both refuse (the chart's and operator's own keys, the contract's volumes and
-mounts) is checked on both sides at the end.
+labels, annotations, extra volumes and mounts), the Service's labels and annotations and the
+agent's prompt, tools and context window (agent.*, whose prompt lives in the ConfigMap's
+binaryData) are axes too, and what both refuse (the chart's and operator's own keys, the
+contract's volumes and mounts, two prompt sources) is checked on both sides at the end.
 """
 
 from __future__ import annotations
@@ -538,6 +539,34 @@ AXES: dict[str, dict[str, Pair]] = {
             {"pod": {"volumes": CACHE_VOLUMES, "volumeMounts": CACHE_MOUNTS}},
         ),
     },
+    # The prompt is spelled the same; the chart's systemPromptConfigMap is the spec's ...Ref.
+    "agent": {
+        "service-defaults": Pair({}, {}),
+        "prompt-tools-window": _same(
+            {
+                "agent": {
+                    "systemPrompt": "You are Acme's support agent.\nBe brief: ünïcode too.\n",
+                    "tools": ["clock", "calculator"],
+                    "context": {"maxMessages": 12, "maxTokens": 6000},
+                }
+            }
+        ),
+        "own-configmap-no-tools": Pair(
+            {
+                "agent": {
+                    "systemPromptConfigMap": {"name": "prompts", "key": "support"},
+                    "tools": [],
+                }
+            },
+            {
+                "agent": {
+                    "systemPromptConfigMapRef": {"name": "prompts", "key": "support"},
+                    "tools": [],
+                }
+            },
+        ),
+        "messages-only": _same({"agent": {"context": {"maxMessages": 2}}}),
+    },
 }
 
 Choice = tuple[tuple[str, str], ...]  # (axis, option) for every axis, in AXES order
@@ -631,11 +660,22 @@ def _environment(objs: dict[str, Obj]) -> Obj:
     return env
 
 
+def _files(objs: dict[str, Obj]) -> Obj:
+    """The ConfigMap's files (the system prompt), which envFrom does not import."""
+    return dict(objs["ConfigMap"].get("binaryData") or {})
+
+
 def _pod(objs: dict[str, Obj]) -> Obj:
     pod = copy.deepcopy(objs["Deployment"]["spec"]["template"]["spec"])
     container = pod.pop("containers")[0]
     container.pop("envFrom")  # the ConfigMaps' names differ; their content is in _environment
     container.pop("env", None)
+    own = objs["ConfigMap"]["metadata"]["name"]
+    for volume in pod.get("volumes", []):
+        # The prompt's volume names each side's own ConfigMap (its content is in _files).
+        source = volume.get("configMap")
+        if source is not None and source["name"] == own:
+            source["name"] = "<own ConfigMap>"
     return {"pod": pod, "container": container}
 
 
@@ -694,6 +734,7 @@ ASPECTS: dict[str, Callable[[dict[str, Obj]], Any]] = {
     "service-metadata": _service_metadata,
     "service-account": _service_account,
     "environment": _environment,
+    "configmap-files": _files,
     "deployment": _deployment,
     "service": _spec_of("Service"),
     "disruption-budget": _spec_of("PodDisruptionBudget"),
@@ -748,6 +789,9 @@ def test_a_case_the_chart_refuses_is_never_generated(
 
 
 _EXTRA = {"name": "extra", "emptyDir": {}}
+AT_THE_PROMPT = (
+    "mountPath /etc/moorage/agent collides with the pod contract's mount /etc/moorage/agent"
+)
 
 
 @pytest.mark.parametrize(
@@ -796,6 +840,24 @@ _EXTRA = {"name": "extra", "emptyDir": {}}
             "mountPath /etc collides with the pod contract's mount /etc/moorage/secrets",
         ),
         (
+            {"extraVolumes": [{"name": "system-prompt", "emptyDir": {}}]},
+            {"volumes": [{"name": "system-prompt", "emptyDir": {}}]},
+            "the name system-prompt is the pod contract's own volume",
+            "spec.pod.volumes[0].name may not be system-prompt",
+        ),
+        (
+            {
+                "extraVolumes": [_EXTRA],
+                "extraVolumeMounts": [{"name": "extra", "mountPath": "/etc/moorage/agent"}],
+            },
+            {
+                "volumes": [_EXTRA],
+                "volumeMounts": [{"name": "extra", "mountPath": "/etc/moorage/agent"}],
+            },
+            AT_THE_PROMPT,
+            AT_THE_PROMPT,
+        ),
+        (
             {"extraVolumeMounts": [{"name": "tmp", "mountPath": "/scratch"}]},
             {"volumeMounts": [{"name": "tmp", "mountPath": "/scratch"}]},
             "extraVolumeMounts: tmp is not a volume of extraVolumes",
@@ -809,6 +871,8 @@ _EXTRA = {"name": "extra", "emptyDir": {}}
         "contract-volume",
         "under-a-contract-mount",
         "above-a-contract-mount",
+        "prompt-volume",
+        "at-the-prompt-mount",
         "contract-volume-mounted-again",
     ],
 )
@@ -834,3 +898,45 @@ def test_service_labels_may_not_take_the_selector_labels_on_either_side(
     assert "service.labels may not set app.kubernetes.io/name" in out.stderr
     problems = validate(parse_spec({"image": "agent:1", "service": service}))
     assert problems[0].startswith("spec.service.labels may not set app.kubernetes.io/name")
+
+
+@pytest.mark.parametrize(
+    ("values", "spec", "chart_says", "operator_says"),
+    [
+        (
+            {"agent": {"systemPrompt": "Be brief.", "systemPromptConfigMap": {"name": "p"}}},
+            {"agent": {"systemPrompt": "Be brief.", "systemPromptConfigMapRef": {"name": "p"}}},
+            "agent: set systemPrompt or systemPromptConfigMap.name, not both",
+            "spec.agent: set systemPrompt or systemPromptConfigMapRef, not both",
+        ),
+        (
+            {"agent": {"systemPrompt": "  "}},
+            {"agent": {"systemPrompt": "  "}},
+            "agent.systemPrompt must not be only whitespace",
+            "spec.agent.systemPrompt must not be empty",
+        ),
+        (
+            {"agent": {"tools": ["clock", "shell"]}},
+            {"agent": {"tools": ["clock", "shell"]}},
+            "at '/agent/tools/1'",
+            "spec.agent.tools: unknown 'shell' (valid: calculator, word_count, clock)",
+        ),
+        (
+            {"extraEnv": {"AGENT_SYSTEM_PROMPT_FILE": "/p"}},
+            {"env": [{"name": "AGENT_SYSTEM_PROMPT_FILE", "value": "/p"}]},
+            "extraEnv may not set AGENT_SYSTEM_PROMPT_FILE",
+            "spec.env may not set AGENT_SYSTEM_PROMPT_FILE",
+        ),
+    ],
+    ids=["two-prompt-sources", "blank-prompt", "unknown-tool", "prompt-file-in-env"],
+)
+def test_the_chart_and_the_operator_refuse_the_same_agent_settings(
+    helm: Path, tmp_path: Path, values: Obj, spec: Obj, chart_says: str, operator_says: str
+) -> None:
+    values_file = tmp_path / "refused.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    out = run_helm(helm, "template", NAME, str(CHART), "-f", str(values_file), check=False)
+    assert out.returncode != 0
+    assert chart_says in out.stderr
+    problems = validate(parse_spec({"image": "agent:1", **spec}))
+    assert any(operator_says in problem for problem in problems), problems

@@ -32,15 +32,18 @@ generate = load_schema_generator()
 
 
 def _service_limits(setting: str) -> dict[str, Any]:
-    """ge/gt/le/lt and choices of a settings field, read independently of the generator."""
+    """ge/gt/le/lt, max_length and choices (of the value, or of each item of a tuple) of a
+    settings field, read independently of the generator."""
     info = Settings.model_fields[setting]
     limits = {
         key: getattr(item, key)
         for item in info.metadata
-        for key in ("ge", "gt", "le", "lt")
+        for key in ("ge", "gt", "le", "lt", "max_length")
         if getattr(item, key, None) is not None
     }
     annotation = info.annotation
+    if typing.get_origin(annotation) is tuple:
+        annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is typing.Literal:
         limits["choices"] = [str(a) for a in typing.get_args(annotation)]
     elif isinstance(annotation, type) and issubclass(annotation, Enum):
@@ -55,11 +58,13 @@ def _crd_properties() -> dict[str, Any]:
 
 
 def _at(properties: dict[str, Any], path: str) -> dict[str, Any]:
+    """The property at a dotted path; `x[]` is the items of list x."""
     *parents, leaf = path.split(".")
     node = properties
     for part in parents:
         node = node[part]["properties"]
-    return node[leaf]  # type: ignore[no-any-return]
+    prop = node[leaf.removesuffix("[]")]
+    return prop["items"] if leaf.endswith("[]") else prop  # type: ignore[no-any-return]
 
 
 def _accepted_range(prop: dict[str, Any]) -> tuple[float, float, bool]:
@@ -73,8 +78,11 @@ def _assert_same_bounds(prop: dict[str, Any], limits: dict[str, Any], where: str
     if "choices" in limits:
         assert prop["enum"] == limits["choices"], where
         return
+    if "max_length" in limits:
+        assert prop["maxLength"] == limits["max_length"], where
+        return
     low, high, exclusive = _accepted_range(prop)
-    integer = prop["type"] == "integer"
+    integer = "integer" in prop["type"]  # "integer", or ["integer", "null"] for an optional one
     if "ge" in limits:
         assert (low, exclusive) == (limits["ge"], False), where
     elif integer:  # gt on an integer property: the smallest integer above it
@@ -129,7 +137,7 @@ def _chart_env_values() -> dict[str, str]:
 
 
 def test_every_bounded_setting_the_chart_passes_is_generated() -> None:
-    mapped = {(m.setting, m.chart) for m in generate.MAPPINGS}
+    mapped = {(m.setting, m.chart.removesuffix("[]")) for m in generate.MAPPINGS if m.chart}
     passed = _chart_env_values()
     assert "AGENT_MAX_STEPS" in passed  # the scan sees the template's shape
     missing = [
@@ -205,7 +213,7 @@ def test_the_crd_session_url_pattern_accepts_what_the_service_accepts(url: str) 
 
 def _bad_value(mapping: Any) -> tuple[str, float] | None:
     limits = _service_limits(mapping.setting)
-    return None if "choices" in limits else (mapping.chart, limits["le"] + 1)
+    return (mapping.chart, limits["le"] + 1) if "le" in limits else None
 
 
 @pytest.mark.parametrize(
@@ -230,3 +238,29 @@ def test_helm_refuses_one_above_the_services_maximum_and_takes_the_maximum(
     )
     assert refused.returncode != 0
     assert f"at '/{path.replace('.', '/')}'" in refused.stderr, refused.stderr
+
+
+def test_helm_refuses_a_system_prompt_one_character_over_the_services_maximum(
+    helm: Path, tmp_path: Path
+) -> None:
+    limit = _service_limits("system_prompt")["max_length"]
+    values = tmp_path / "prompt-values.yaml"
+    values.write_text(yaml.safe_dump({"agent": {"systemPrompt": "x" * limit}}))
+    assert run_helm(helm, "template", "agent", str(CHART), "-f", str(values)).returncode == 0
+    values.write_text(yaml.safe_dump({"agent": {"systemPrompt": "x" * (limit + 1)}}))
+    refused = run_helm(helm, "template", "agent", str(CHART), "-f", str(values), check=False)
+    assert refused.returncode != 0
+    assert "at '/agent/systemPrompt'" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "tools", [["clock", "shell"], ["clock", "clock"]], ids=["unknown", "twice"]
+)
+def test_helm_refuses_a_tool_the_service_does_not_know_or_named_twice(
+    helm: Path, tmp_path: Path, tools: list[str]
+) -> None:
+    values = tmp_path / "tools-values.yaml"
+    values.write_text(yaml.safe_dump({"agent": {"tools": tools}}))
+    refused = run_helm(helm, "template", "agent", str(CHART), "-f", str(values), check=False)
+    assert refused.returncode != 0
+    assert "at '/agent/tools" in refused.stderr

@@ -222,6 +222,37 @@ Checks across values that a JSON schema cannot express; a failed one stops the r
 {{- fail (printf "model.name is %s, which needs an API key: set model.apiKey, or existingSecret.name with existingSecret.modelApiKeyKey" .Values.model.name) }}
 {{- end }}
 {{- include "agent.validatePod" . }}
+{{- include "agent.validateAgent" . }}
+{{- end }}
+
+{{/*
+The agent's prompt, tools and context window (the operator refuses the same in its CRD and spec
+validation; the tools' names and the bounds are values.schema.json's).
+*/}}
+{{- define "agent.validateAgent" -}}
+{{- $agent := .Values.agent }}
+{{- if and $agent.systemPrompt $agent.systemPromptConfigMap.name }}
+{{- fail "agent: set systemPrompt or systemPromptConfigMap.name, not both" }}
+{{- end }}
+{{- if and $agent.systemPrompt (not (trim $agent.systemPrompt)) }}
+{{- fail "agent.systemPrompt must not be only whitespace (leave it empty for the service's built-in prompt)" }}
+{{- end }}
+{{- range $name := list "AGENT_SYSTEM_PROMPT" "AGENT_SYSTEM_PROMPT_FILE" }}
+{{- if hasKey $.Values.extraEnv $name }}
+{{- fail (printf "extraEnv may not set %s: use agent.systemPrompt or agent.systemPromptConfigMap" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ConfigMap holding the system prompt (its name), or empty when the service's default is used.
+*/}}
+{{- define "agent.systemPromptConfigMap" -}}
+{{- if .Values.agent.systemPrompt }}
+{{- include "agent.fullname" . }}
+{{- else }}
+{{- .Values.agent.systemPromptConfigMap.name }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -246,8 +277,8 @@ own (the operator refuses the same in its CRD and spec validation).
 {{- end }}
 {{- end }}
 {{- $c := include "agent.contract" . | fromYaml }}
-{{- $names := list $c.tmp.volume $c.secrets.volume $c.sessionTls.volume }}
-{{- $paths := list $c.tmp.mountPath $c.secrets.dir $c.sessionTls.dir }}
+{{- $names := list $c.tmp.volume $c.secrets.volume $c.sessionTls.volume $c.systemPrompt.volume }}
+{{- $paths := list $c.tmp.mountPath $c.secrets.dir $c.sessionTls.dir $c.systemPrompt.dir }}
 {{- $volumes := list }}
 {{- range .Values.extraVolumes }}
 {{- if has .name $names }}

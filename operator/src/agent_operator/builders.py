@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -9,7 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_operator import contract
-from agent_operator.spec import GROUP, KIND, TURNS_IN_FLIGHT, VERSION, AgentSpec, SecretKeyRef
+from agent_operator.spec import (
+    GROUP,
+    KIND,
+    TURNS_IN_FLIGHT,
+    VERSION,
+    AgentSpec,
+    ConfigMapKeyRef,
+    SecretKeyRef,
+)
 
 MANAGER = "moorage-operator"
 APP_NAME = "agent"
@@ -25,7 +34,8 @@ GATE_ANNOTATION = "moorage.dev/gate"
 SECRETS_DIR = contract.SECRETS_DIR
 # The session store's CA bundle and client certificate (the chart's session.tls), as files.
 SESSION_TLS_DIR = contract.SESSION_TLS_DIR
-TMP_VOLUME, SECRETS_VOLUME, SESSION_TLS_VOLUME = contract.VOLUMES
+TMP_VOLUME, SECRETS_VOLUME, SESSION_TLS_VOLUME, SYSTEM_PROMPT_VOLUME = contract.VOLUMES
+SYSTEM_PROMPT_DIR = contract.SYSTEM_PROMPT_DIR
 GRACE_MARGIN_SECONDS = contract.GRACE_MARGIN_SECONDS
 RUN_AS_ID = contract.RUN_AS_USER
 SECRET_MODE = int(contract.SECRETS["defaultMode"])
@@ -115,24 +125,45 @@ def config_data(spec: AgentSpec) -> dict[str, str]:
         data["AGENT_MODEL_BASE_URL"] = spec.model.base_url
     if spec.session.url_secret_ref is None:
         data["AGENT_SESSION_URL"] = spec.session.url or "memory://"
+    agent = spec.agent
+    if agent.tools is not None:
+        data["AGENT_TOOLS"] = ",".join(agent.tools) or "none"
+    if agent.context_max_messages is not None:
+        data["AGENT_CONTEXT_MAX_MESSAGES"] = str(agent.context_max_messages)
+    if agent.context_max_tokens is not None:
+        data["AGENT_CONTEXT_MAX_TOKENS"] = str(agent.context_max_tokens)
     return data
+
+
+def config_files(spec: AgentSpec) -> dict[str, str]:
+    """The ConfigMap's binaryData: the system prompt, out of envFrom's reach (pod contract)."""
+    if spec.agent.system_prompt is None:
+        return {}
+    prompt = base64.b64encode(spec.agent.system_prompt.encode()).decode()
+    return {contract.SYSTEM_PROMPT_KEY: prompt}
 
 
 def config_checksum(spec: AgentSpec) -> str:
     """A digest of everything in the pod's config, so a config change rolls the pods."""
     refs = [(r.name, r.key) for r in spec.secret_refs()]
-    payload = json.dumps({"data": config_data(spec), "secrets": refs}, sort_keys=True)
+    payload = json.dumps(
+        {"data": config_data(spec), "files": config_files(spec), "secrets": refs}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def build_configmap(owner: Owner, spec: AgentSpec) -> Obj:
-    """The ConfigMap the pods read their AGENT_* settings from."""
-    return {
+    """The ConfigMap the pods read their AGENT_* settings (and the system prompt) from."""
+    configmap: Obj = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, config_name(owner)),
         "data": config_data(spec),
     }
+    files = config_files(spec)
+    if files:
+        configmap["binaryData"] = files
+    return configmap
 
 
 def grace_period_seconds(spec: AgentSpec) -> int:
@@ -206,6 +237,27 @@ def _session_tls(spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
     }
 
 
+def _system_prompt(owner: Owner, spec: AgentSpec) -> tuple[list[Obj], Obj | None]:
+    """AGENT_SYSTEM_PROMPT_FILE and the volume of the prompt: the spec's, from the resource's
+    own ConfigMap, or the user's ConfigMap's."""
+    agent = spec.agent
+    ref = agent.system_prompt_config_map_ref
+    if agent.system_prompt is not None:
+        ref = ConfigMapKeyRef(config_name(owner), contract.SYSTEM_PROMPT_KEY)
+    if ref is None:
+        return [], None
+    file = contract.SYSTEM_PROMPT["file"]
+    env = [{"name": file["env"], "value": f"{SYSTEM_PROMPT_DIR}/{file['path']}"}]
+    return env, {
+        "name": SYSTEM_PROMPT_VOLUME,
+        "configMap": {
+            "name": ref.name,
+            "defaultMode": int(contract.SYSTEM_PROMPT["defaultMode"]),
+            "items": [{"key": ref.key, "path": file["path"]}],
+        },
+    }
+
+
 def _topology_spread(name: str, spec: AgentSpec) -> list[Obj]:
     """The spec's constraints (an item without a labelSelector counts this resource's pods), or
     by default a soft spread over zones and nodes, as the chart's topologySpread does."""
@@ -237,6 +289,8 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
     ]
     tls_env, tls_volume = _session_tls(spec)
     env.extend(tls_env)
+    prompt_env, prompt_volume = _system_prompt(owner, spec)
+    env.extend(prompt_env)
     env.extend(dict(item) for item in spec.env)
     tmp = contract.TMP
     volumes: list[Obj] = [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": tmp["sizeLimit"]}}]
@@ -248,6 +302,11 @@ def pod_template(owner: Owner, spec: AgentSpec) -> Obj:
         volumes.append(tls_volume)
         volume_mounts.append(
             {"name": SESSION_TLS_VOLUME, "mountPath": SESSION_TLS_DIR, "readOnly": True}
+        )
+    if prompt_volume is not None:
+        volumes.append(prompt_volume)
+        volume_mounts.append(
+            {"name": SYSTEM_PROMPT_VOLUME, "mountPath": SYSTEM_PROMPT_DIR, "readOnly": True}
         )
     # The spec's own volumes after the contract's (validate() keeps them apart).
     volumes.extend(copy.deepcopy(list(spec.pod.volumes)))

@@ -35,11 +35,19 @@ SECRETS: Final[Obj] = CONTRACT["secrets"]
 SECRETS_DIR: Final = str(SECRETS["dir"])
 SESSION_TLS: Final[Obj] = CONTRACT["sessionTls"]
 SESSION_TLS_DIR: Final = str(SESSION_TLS["dir"])
+SYSTEM_PROMPT: Final[Obj] = CONTRACT["systemPrompt"]
+SYSTEM_PROMPT_DIR: Final = str(SYSTEM_PROMPT["dir"])
+SYSTEM_PROMPT_KEY: Final = str(SYSTEM_PROMPT["configMapKey"])
 TMP: Final[Obj] = CONTRACT["tmp"]
 # The contract's own volumes and where they are mounted: a spec's extra volumes and mounts may
 # not take these names, nor mount at, above or under these paths.
-VOLUMES: Final = (str(TMP["volume"]), str(SECRETS["volume"]), str(SESSION_TLS["volume"]))
-MOUNT_PATHS: Final = (str(TMP["mountPath"]), SECRETS_DIR, SESSION_TLS_DIR)
+VOLUMES: Final = (
+    str(TMP["volume"]),
+    str(SECRETS["volume"]),
+    str(SESSION_TLS["volume"]),
+    str(SYSTEM_PROMPT["volume"]),
+)
+MOUNT_PATHS: Final = (str(TMP["mountPath"]), SECRETS_DIR, SESSION_TLS_DIR, SYSTEM_PROMPT_DIR)
 # Extra seconds of grace beyond drain + shutdown (the chart's termination.marginSeconds).
 GRACE_MARGIN_SECONDS: Final = int(CONTRACT["termination"]["graceMarginSeconds"])
 HTTP_LIMITS: Final[Obj] = CONTRACT["http"]

@@ -74,6 +74,9 @@ RESERVED_ENV = (
     "AGENT_SESSION_KEY_FILE",
     "AGENT_DRAIN_DELAY_S",
     "AGENT_SHUTDOWN_TIMEOUT_S",
+    # The prompt's one way in is spec.agent: a variable beside its file stops the service.
+    "AGENT_SYSTEM_PROMPT",
+    "AGENT_SYSTEM_PROMPT_FILE",
 )
 
 IntOrStr = int | str
@@ -102,6 +105,8 @@ _QUALIFIED_NAME_RE = re.compile(rf"^(?:{DNS_SUBDOMAIN_PATTERN[1:-1]}/)?{_NAME_PA
 # Absolute, no empty segment, no trailing slash: so "under /tmp" is a plain prefix test.
 MOUNT_PATH_PATTERN = r"^(?:/[^/]+)+$"
 _MOUNT_PATH_RE = re.compile(MOUNT_PATH_PATTERN)
+# A ConfigMap's key (apimachinery IsConfigMapKey).
+_CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 WHEN_UNSATISFIABLE = ("DoNotSchedule", "ScheduleAnyway")
@@ -116,6 +121,15 @@ SERVICE_BOUNDS: dict[str, tuple[int, int]] = {
     "session.ttlSeconds": (60, 7776000),
     "termination.shutdownTimeoutSeconds": (1, 3600),
     "clients.turnReserveTokens": (1, 10000000),
+    "agent.context.maxMessages": (2, 1000),
+    "agent.context.maxTokens": (1, 10000000),
+}
+SERVICE_CHOICES: dict[str, tuple[str, ...]] = {
+    "logLevel": ("debug", "info", "warning", "error"),
+    "agent.tools": ("calculator", "word_count", "clock"),
+}
+SERVICE_MAX_LENGTHS: dict[str, int] = {
+    "agent.systemPrompt": 131072,
 }
 # END GENERATED
 
@@ -272,6 +286,29 @@ class Pod:
 
 
 @dataclass(frozen=True)
+class ConfigMapKeyRef:
+    """A key inside a ConfigMap in the resource's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What the agent is told and may do (the chart's agent.* values).
+
+    `tools` None offers every tool (the service's default), () none. The context window's
+    bounds are left to the service's defaults while None.
+    """
+
+    system_prompt: str | None = None
+    system_prompt_config_map_ref: ConfigMapKeyRef | None = None
+    tools: tuple[str, ...] | None = None
+    context_max_messages: int | None = None
+    context_max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Service:
     """The Service in front of the pods."""
 
@@ -299,6 +336,7 @@ class AgentSpec:
     termination: Termination = field(default_factory=Termination)
     service: Service = field(default_factory=Service)
     pod: Pod = field(default_factory=Pod)
+    agent: Agent = field(default_factory=Agent)
     log_level: str = "info"
 
     def secret_refs(self) -> list[SecretKeyRef]:
@@ -395,6 +433,31 @@ def _pod(raw: Mapping[str, Any]) -> Pod:
         labels=_strings(raw, "labels", "pod"),
         volumes=_objects(raw, "volumes", "pod"),
         volume_mounts=_objects(raw, "volumeMounts", "pod"),
+    )
+
+
+def _optional_int(raw: Mapping[str, Any], key: str) -> int | None:
+    return None if raw.get(key) is None else _int(raw, key, 0)
+
+
+def _agent(raw: Mapping[str, Any]) -> Agent:
+    context = raw.get("context") or {}
+    ref = raw.get("systemPromptConfigMapRef")
+    tools = raw.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidSpecError(["spec.agent.tools must be a list of tool names"])
+    return Agent(
+        system_prompt=_optional_str(raw, "systemPrompt"),
+        system_prompt_config_map_ref=(
+            ConfigMapKeyRef(
+                str(ref.get("name", "")), str(ref.get("key", contract.SYSTEM_PROMPT_KEY))
+            )
+            if isinstance(ref, Mapping)
+            else None
+        ),
+        tools=None if tools is None else tuple(str(name) for name in tools),
+        context_max_messages=_optional_int(context, "maxMessages"),
+        context_max_tokens=_optional_int(context, "maxTokens"),
     )
 
 
@@ -497,13 +560,16 @@ def parse_spec(raw: Mapping[str, Any]) -> AgentSpec:
             labels=_strings(service, "labels", "service"),
         ),
         pod=_pod(raw.get("pod") or {}),
+        agent=_agent(raw.get("agent") or {}),
         log_level=str(raw.get("logLevel", "info")),
     )
 
 
-def _bounded_values(spec: AgentSpec) -> dict[str, int]:
-    """The spec fields SERVICE_BOUNDS covers, by their path under spec."""
+def _bounded_values(spec: AgentSpec) -> dict[str, int | None]:
+    """The spec fields SERVICE_BOUNDS covers, by their path under spec (None: unset)."""
     return {
+        "agent.context.maxMessages": spec.agent.context_max_messages,
+        "agent.context.maxTokens": spec.agent.context_max_tokens,
         "model.maxSteps": spec.model.max_steps,
         "model.timeoutSeconds": spec.model.timeout_seconds,
         "model.requestTimeoutSeconds": spec.model.request_timeout_seconds,
@@ -712,7 +778,8 @@ def validate(spec: AgentSpec) -> list[str]:
         problems.append("spec.model.name must be 'echo' or 'openai:<model>'")
     values = _bounded_values(spec)
     for path, (low, high) in SERVICE_BOUNDS.items():
-        if not low <= values[path] <= high:
+        value = values[path]
+        if value is not None and not low <= value <= high:
             problems.append(f"spec.{path} must be between {low} and {high}")
     if spec.model.timeout_seconds > spec.model.request_timeout_seconds:
         problems.append(
@@ -769,4 +836,38 @@ def validate(spec: AgentSpec) -> list[str]:
     problems.extend(_toleration_problems(spec.pod.tolerations))
     problems.extend(_spread_problems(spec.pod.topology_spread_constraints))
     problems.extend(_volume_problems(spec.pod))
+    problems.extend(_agent_problems(spec))
+    return problems
+
+
+def _agent_problems(spec: AgentSpec) -> list[str]:
+    agent = spec.agent
+    problems = []
+    for path, choices in SERVICE_CHOICES.items():
+        picked = {"logLevel": (spec.log_level,), "agent.tools": agent.tools or ()}[path]
+        unknown = [value for value in picked if value not in choices]
+        if unknown:
+            problems.append(
+                f"spec.{path}: unknown {', '.join(map(repr, unknown))} "
+                f"(valid: {', '.join(choices)})"
+            )
+    if agent.tools is not None and len(set(agent.tools)) != len(agent.tools):
+        problems.append("spec.agent.tools names a tool twice")
+    prompt = agent.system_prompt
+    if prompt is not None and agent.system_prompt_config_map_ref is not None:
+        problems.append("spec.agent: set systemPrompt or systemPromptConfigMapRef, not both")
+    if prompt is not None and not prompt.strip():
+        problems.append("spec.agent.systemPrompt must not be empty (unset it for the default)")
+    limit = SERVICE_MAX_LENGTHS["agent.systemPrompt"]
+    if prompt is not None and len(prompt) > limit:
+        problems.append(f"spec.agent.systemPrompt must be at most {limit} characters")
+    ref = agent.system_prompt_config_map_ref
+    if ref is not None and (len(ref.name) > 253 or not _DNS_SUBDOMAIN_RE.match(ref.name)):
+        problems.append(
+            f"spec.agent.systemPromptConfigMapRef.name must be a ConfigMap's name, got {ref.name!r}"
+        )
+    if ref is not None and not _CONFIG_KEY_RE.match(ref.key):
+        problems.append(
+            f"spec.agent.systemPromptConfigMapRef.key must be a ConfigMap key, got {ref.key!r}"
+        )
     return problems

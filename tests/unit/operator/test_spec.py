@@ -390,12 +390,12 @@ def test_each_pod_rule_reports_a_clear_problem(pod, fragment):
     assert any(fragment in p for p in problems), problems
 
 
-@pytest.mark.parametrize("name", ["tmp", "secrets", "session-tls"])
+@pytest.mark.parametrize("name", ["tmp", "secrets", "session-tls", "system-prompt"])
 def test_a_volume_may_not_take_a_name_of_the_pod_contract(name):
     problems = _pod_problems(volumes=[{"name": name, "emptyDir": {}}])
     assert problems == [
         f"spec.pod.volumes[0].name may not be {name}: the pod contract's own volumes are "
-        "tmp, secrets, session-tls"
+        "tmp, secrets, session-tls, system-prompt"
     ]
 
 
@@ -408,6 +408,7 @@ def test_a_volume_may_not_take_a_name_of_the_pod_contract(name):
         ("/etc/moorage", "/etc/moorage/secrets"),  # above: it would hide the contract's mount
         ("/etc", "/etc/moorage/secrets"),
         ("/etc/moorage/session-tls/extra", "/etc/moorage/session-tls"),
+        ("/etc/moorage/agent", "/etc/moorage/agent"),
     ],
 )
 def test_a_mount_may_not_be_at_above_or_under_a_mount_of_the_contract(path, reserved):
