@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -596,3 +597,87 @@ def test_a_spec_the_api_server_refuses_is_degraded_once_without_a_retry_loop(
     # Fixing the spec recovers it.
     patch_spec(cluster, namespace, "greedy", {"resources": {"limits": {"cpu": "2"}}})
     wait_state(cluster, operator, namespace, "greedy")
+
+
+def _pod_names(cluster: Cluster, namespace: str, name: str) -> set[str]:
+    listed = kget(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={name}")
+    items = listed["items"]
+    return {p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")}
+
+
+def test_pod_overrides_and_agent_settings_reach_the_pods_and_a_change_rolls_them(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "agents"}
+    toleration["effect"] = "NoSchedule"
+    apply_agent(
+        cluster, namespace, "placed",
+        pod={
+            "nodeSelector": {"type": "kwok"},
+            "tolerations": [toleration],
+            "labels": {"team": "search"},
+            "annotations": {"example.com/owner": "search"},
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/var/scratch"}],
+        },
+        service={"annotations": {"example.com/lb": "internal"}},
+        agent={"systemPrompt": "You answer in one word.", "tools": ["clock"],
+               "context": {"maxMessages": 6}},
+    )  # fmt: skip
+    wait_state(cluster, operator, namespace, "placed")
+    template = deployment(cluster, namespace, "placed")["spec"]["template"]  # type: ignore[index]
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"type": "kwok"}
+    assert toleration in pod["tolerations"]
+    assert pod["serviceAccountName"] == "placed"
+    assert template["metadata"]["labels"]["team"] == "search"
+    assert template["metadata"]["annotations"]["example.com/owner"] == "search"
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}} in pod["volumes"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "scratch", "mountPath": "/var/scratch"} in mounts
+    service = kget(cluster, namespace, "service", "placed")
+    assert service["metadata"]["annotations"]["example.com/lb"] == "internal"
+    config = kget(cluster, namespace, "configmap", "placed-config")
+    assert config["data"]["AGENT_TOOLS"] == "clock"
+    assert config["data"]["AGENT_CONTEXT_MAX_MESSAGES"] == "6"
+    (prompt,) = config["binaryData"].values()
+    assert base64.b64decode(prompt).decode() == "You answer in one word."
+    env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env") or ()}
+    assert env.get("AGENT_SYSTEM_PROMPT_FILE", "").startswith("/etc/moorage/agent/")
+    # The kwok pods carry the user's label (placed on a kwok node by the selector).
+    cluster.kubectl_run(
+        "wait", "-n", namespace, "pod", "-l", "team=search", "--for=condition=Ready",
+        "--timeout=60s",
+    )  # fmt: skip
+    before = _pod_names(cluster, namespace, "placed")
+
+    # A placement change and a prompt change are rollouts: new pods replace the old ones.
+    patch_spec(cluster, namespace, "placed", {
+        "pod": {"tolerations": [toleration, {**toleration, "value": "batch"}]},
+        "agent": {"systemPrompt": "You answer in two words."},
+    })  # fmt: skip
+    wait_until(lambda: settled(cluster, namespace, "placed"), "placed settled after its patch")
+    wait_until(
+        lambda: (
+            _pod_names(cluster, namespace, "placed").isdisjoint(before)
+            and len(_pod_names(cluster, namespace, "placed")) == 1
+        ),
+        "the pods replaced after the spec change",
+        timeout=120,
+    )
+    pod = deployment(cluster, namespace, "placed")["spec"]["template"]["spec"]  # type: ignore[index]
+    assert {**toleration, "value": "batch"} in pod["tolerations"]
+
+    # A hand edit of the placement is drift: restored, with an Event.
+    cluster.kubectl_run(
+        "patch", "-n", namespace, "deployment", "placed", "--type=json",
+        "-p", json.dumps([{"op": "remove", "path": "/spec/template/spec/nodeSelector"}]),
+    )  # fmt: skip
+    wait_until(
+        lambda: (deployment(cluster, namespace, "placed") or {})["spec"]["template"]["spec"]
+        .get("nodeSelector") == {"type": "kwok"},
+        "the nodeSelector restored",
+        timeout=60,
+    )  # fmt: skip
+    wait_until(lambda: bool(events(cluster, namespace, "placed", "DriftRestored")),
+               "the DriftRestored event", timeout=60)  # fmt: skip
