@@ -98,7 +98,8 @@ def test_an_agentdeployment_in_its_namespace_becomes_ready_with_its_children(
     obj = wait_state(cluster, operator, team, "agent")
     assert obj["status"]["readyReplicas"] == 2
     for kind in CHILDREN:
-        assert kget(cluster, team, kind, "agent") is not None, kind
+        child = "agent-config" if kind == "configmap" else "agent"
+        assert kget(cluster, team, kind, child) is not None, kind
 
 
 def test_it_meets_its_peers_in_a_kopfpeering_in_its_namespace_it_created(

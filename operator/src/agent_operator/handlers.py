@@ -74,6 +74,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # and a cluster-wide one see each other. An operator with namespaced RBAC only
     # (manifests/operator/namespaced) meets its peers in a KopfPeering in each namespace.
     settings.peering.clusterwide = memo.get("peering", "cluster") != "namespaced"
+    # Namespaced RBAC only: no listing of CRDs and namespaces cluster-wide (kopf would retry
+    # each refused list for a minute before serving). The CRD and the namespaces are fixed.
+    settings.scanning.disabled = memo.get("peering") == "namespaced"
     for kind in CHILD_KINDS:
         group, _sep, version = kind.api_version.rpartition("/")
         settings.watching.label_selectors[(group, version, kind.plural)] = MANAGED_BY
