@@ -4,10 +4,11 @@
 # is stored in an older version any more (a later release may then stop serving that version;
 # the API server refuses to drop a version that storedVersions still lists).
 #
-# A rewrite is an update with the object unchanged: the API server encodes it in the storage
-# version, and writes only when those bytes differ from what etcd holds, so objects already in
-# the storage version are left as they are and the script is safe to re-run. An object changed
-# between our read and write is a Conflict: the whole pass is retried. docs/upgrading.md.
+# The rewrite is an empty merge patch: the API server encodes the unchanged object in the
+# storage version and writes it only when those bytes differ from what etcd holds, so an object
+# already stored as such is left alone (its resourceVersion stays) and the script is safe to
+# re-run. A patch carries no resourceVersion, so a concurrent change cannot make it fail.
+# docs/upgrading.md.
 set -euo pipefail
 
 kubectl=${KUBECTL:-kubectl}
@@ -17,19 +18,20 @@ storage=$("$kubectl" get crd "$crd" -o jsonpath='{.spec.versions[?(@.storage==tr
 [[ -n "$storage" ]] || { echo "migrate-storage: CRD $crd has no storage version" >&2; exit 1; }
 resource="agentdeployments.$storage.moorage.dev"
 
-for attempt in 1 2 3 4 5; do
-  # Objects created after this listing are stored in the storage version already.
-  count=$("$kubectl" get "$resource" --all-namespaces -o name | wc -l)
-  if [[ "$count" == 0 ]] ||
-    "$kubectl" get "$resource" --all-namespaces -o json | "$kubectl" replace -f - >/dev/null; then
-    echo "migrate-storage: $count AgentDeployment(s) stored as $storage"
-    "$kubectl" patch crd "$crd" --subresource=status --type=merge \
-      -p "{\"status\":{\"storedVersions\":[\"$storage\"]}}" >/dev/null
-    echo "migrate-storage: $crd storedVersions: [$storage]"
-    exit 0
+count=0
+while read -r namespace name; do
+  [[ -n "$name" ]] || continue
+  if ! out=$("$kubectl" patch "$resource" "$name" -n "$namespace" --type=merge -p '{}' 2>&1); then
+    # An object deleted since the listing needs no migration; anything else is an error.
+    [[ $out == *NotFound* ]] || { echo "migrate-storage: $namespace/$name: $out" >&2; exit 1; }
+    continue
   fi
-  echo "migrate-storage: pass $attempt met a concurrent change; again" >&2
-  sleep "$attempt"
-done
-echo "migrate-storage: objects kept changing; storedVersions left as they are (run again)" >&2
-exit 1
+  count=$((count + 1))
+done < <("$kubectl" get "$resource" --all-namespaces --no-headers \
+  -o custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name)
+echo "migrate-storage: $count AgentDeployment(s) stored as $storage"
+
+# Objects created after the listing are stored in the storage version already.
+"$kubectl" patch crd "$crd" --subresource=status --type=merge \
+  -p "{\"status\":{\"storedVersions\":[\"$storage\"]}}" >/dev/null
+echo "migrate-storage: $crd storedVersions: [$storage]"

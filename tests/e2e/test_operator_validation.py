@@ -165,7 +165,7 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
         ),
         (
             {"image": "a:1", "pod": {"volumes": [{"name": "tmp", "emptyDir": {}}]}},
-            "the names tmp, secrets and session-tls are the pod contract's own volumes",
+            "session-tls and system-prompt are the pod contract's own volumes",
         ),
         (
             {
@@ -175,7 +175,8 @@ def test_a_minimal_valid_object_is_accepted_with_defaults(installed: Cluster, na
                     "volumeMounts": [{"name": "extra", "mountPath": "/etc/moorage"}],
                 },
             },
-            "mountPath may not be /tmp, /etc/moorage/secrets or /etc/moorage/session-tls",
+            "mountPath may not be /tmp, /etc/moorage/secrets, /etc/moorage/session-tls or "
+            "/etc/moorage/agent, nor above or under them",
         ),
         (
             {"image": "a:1", "pod": {"volumeMounts": [{"name": "nope", "mountPath": "/data"}]}},
@@ -301,7 +302,8 @@ def test_the_operator_service_account_may_do_what_it_needs(installed: Cluster, a
         ("create", "pods", "-n", "team-a"),
         ("delete", "pods", "-n", "team-a"),
         ("create", "pods/exec", "-n", "team-a"),
-        ("create", "serviceaccounts/token", "-n", "team-a"),
+        # (not "serviceaccounts/token": can-i reads that as a ServiceAccount named token)
+        ("create", "serviceaccounts", "--subresource=token", "-n", "team-a"),
         ("create", "rolebindings.rbac.authorization.k8s.io", "-n", "team-a"),
         ("patch", "nodes"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),

@@ -5,6 +5,7 @@ reconciling and can still be changed and deleted; the chart's `helm upgrade` kee
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -78,6 +79,7 @@ def previous(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _start_operator(cluster: Cluster, root: Path, workdir: Path) -> OperatorProcess:
     install_operator_manifests(cluster, root)
+    workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = service_account_kubeconfig(cluster, workdir / "kubeconfig")
     # The first run of the previous tree's operator syncs its own environment (from the cache).
     process = OperatorProcess(cluster, kubeconfig, workdir / "operator.log", root=root)
@@ -125,10 +127,21 @@ def previous_crd(cluster: Cluster, previous: Path) -> Iterator[None]:
     cluster.kubectl_run("delete", "crd", CRD, "--ignore-not-found", "--wait=true")
     cluster.kubectl_run("apply", "-k", str(previous / "manifests" / "crds"))
     cluster.kubectl_run("wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    _forget_discovery(cluster)
     try:
         yield
     finally:
         cluster.kubectl_run("apply", "-k", str(ROOT / "manifests" / "crds"))
+
+
+def _forget_discovery(cluster: Cluster) -> None:
+    """Drop kubectl's cached API discovery: going back to a CRD without v1beta1 (only a test
+    does that) leaves a cache that still prefers v1beta1, and every get would be a 404."""
+    cache = Path(
+        cluster.env.get("KUBECACHEDIR")
+        or Path(cluster.env.get("HOME", Path.home())) / ".kube" / "cache"
+    )
+    shutil.rmtree(cache / "discovery", ignore_errors=True)
 
 
 @pytest.mark.timeout(900)
@@ -217,7 +230,7 @@ def test_resources_of_the_previous_release_keep_reconciling_and_can_be_changed_a
 def test_helm_upgrade_from_the_previous_chart_serves_every_request(
     cluster: Cluster, real_namespace: str, previous: Path, node_images: None
 ) -> None:
-    release = f"up-{uuid.uuid4().hex[:4]}"
+    release = f"agent-{uuid.uuid4().hex[:4]}"  # contains the chart's name: the Service's name
     old_chart = previous / "charts" / "agent"
     with host_redis(cluster) as redis:
         values = [
