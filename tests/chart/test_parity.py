@@ -65,6 +65,22 @@ def _chart_secret(key: str) -> Obj:
     return {"name": NAME, "key": key}
 
 
+# The same placement in both: top-level values in the chart, spec.pod in the operator.
+POOL: Obj = {
+    "nodeSelector": {"pool": "agents"},
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"},
+        {
+            "key": "node.kubernetes.io/unreachable",
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": 30,
+        },
+    ],
+    "priorityClassName": "agents-high",
+}
+
+
 AFFINITY: Obj = {
     "nodeAffinity": {
         "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -444,46 +460,7 @@ AXES: dict[str, dict[str, Pair]] = {
     # Where the pods may run and what they pull with (the spec's pod.*; top-level values).
     "placement": {
         "anywhere": Pair({}, {}),
-        "pool": Pair(
-            {
-                "nodeSelector": {"pool": "agents"},
-                "tolerations": [
-                    {
-                        "key": "dedicated",
-                        "operator": "Equal",
-                        "value": "agents",
-                        "effect": "NoSchedule",
-                    },
-                    {
-                        "key": "node.kubernetes.io/unreachable",
-                        "operator": "Exists",
-                        "effect": "NoExecute",
-                        "tolerationSeconds": 30,
-                    },
-                ],
-                "priorityClassName": "agents-high",
-            },
-            {
-                "pod": {
-                    "nodeSelector": {"pool": "agents"},
-                    "tolerations": [
-                        {
-                            "key": "dedicated",
-                            "operator": "Equal",
-                            "value": "agents",
-                            "effect": "NoSchedule",
-                        },
-                        {
-                            "key": "node.kubernetes.io/unreachable",
-                            "operator": "Exists",
-                            "effect": "NoExecute",
-                            "tolerationSeconds": 30,
-                        },
-                    ],
-                    "priorityClassName": "agents-high",
-                }
-            },
-        ),
+        "pool": Pair(POOL, {"pod": POOL}),
         "affinity": Pair({"affinity": AFFINITY}, {"pod": {"affinity": AFFINITY}}),
         "pull-secrets": Pair(
             {"imagePullSecrets": ["registry", "mirror"]},

@@ -44,8 +44,7 @@ def other_namespace(cluster: Cluster) -> Iterator[str]:
 
 def _start(cluster: Cluster, kubeconfig: Path, log: Path, **env: str) -> OperatorProcess:
     process = OperatorProcess(cluster, kubeconfig, log, **env)
-    wait_until(lambda: process.alive() or process.proc.poll() is not None, "operator liveness", 90)
-    assert process.proc.poll() is None, process.output()
+    process.wait_alive()
     return process
 
 

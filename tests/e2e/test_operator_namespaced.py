@@ -73,12 +73,7 @@ def operator(
         POD_ID=IDENTITY,  # its peering identity, as in a pod
     )
     try:
-        wait_until(
-            lambda: process.alive() or process.proc.poll() is not None,
-            "the operator's liveness endpoint",
-            timeout=90,
-        )
-        assert process.proc.poll() is None, process.output()
+        process.wait_alive()
         yield process
     finally:
         code = process.stop()

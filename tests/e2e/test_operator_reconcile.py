@@ -124,6 +124,15 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
         )
 
+    def wait_alive(self, timeout: float = 90) -> None:
+        """Wait until kopf's liveness endpoint answers; fail with the log if the process ends."""
+        wait_until(
+            lambda: self.alive() or self.proc.poll() is not None,
+            "the operator's liveness endpoint",
+            timeout=timeout,
+        )
+        assert self.proc.poll() is None, self.output()[-3000:]
+
     def alive(self) -> bool:
         """Whether kopf's liveness endpoint answers 200."""
         try:
@@ -159,12 +168,7 @@ def operator(
     kubeconfig = service_account_kubeconfig(cluster, workdir / "kubeconfig")
     process = OperatorProcess(cluster, kubeconfig, workdir / "operator.log")
     try:
-        wait_until(
-            lambda: process.alive() or process.proc.poll() is not None,
-            "the operator's liveness endpoint",
-            timeout=90,
-        )
-        assert process.proc.poll() is None, process.output()
+        process.wait_alive()
         yield process
     finally:
         code = process.stop()

@@ -83,12 +83,7 @@ def _start_operator(cluster: Cluster, root: Path, workdir: Path) -> OperatorProc
     kubeconfig = service_account_kubeconfig(cluster, workdir / "kubeconfig")
     # The first run of the previous tree's operator syncs its own environment (from the cache).
     process = OperatorProcess(cluster, kubeconfig, workdir / "operator.log", root=root)
-    wait_until(
-        lambda: process.alive() or process.proc.poll() is not None,
-        f"the operator of {root} to answer its liveness probe",
-        timeout=240,
-    )
-    assert process.proc.poll() is None, process.output()[-3000:]
+    process.wait_alive(timeout=240)
     return process
 
 
