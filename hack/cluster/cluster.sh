@@ -108,6 +108,9 @@ componentsPatches:
       # controller's writes were forbidden on a real node.
       - {key: use-service-account-credentials, value: "true"}
       - {key: service-cluster-ip-range, value: 10.96.0.0/16}
+      # Its FlexVolume prober makes (and, when removed, remakes) this directory; the default is
+      # /usr/libexec/kubernetes on the host, which cluster-down must leave as it found it.
+      - {key: flex-volume-plugin-dir, value: "$cluster_dir/flex-volume-plugins"}
   - name: kwok-controller
     extraArgs:
       # Only the fake nodes: by default kwok also fakes the real node's pods (IPs, Ready).
