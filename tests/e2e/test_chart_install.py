@@ -8,8 +8,10 @@ with the chart, not the service's own probes (tests/chart/test_contract.py cover
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.e2e.conftest import Cluster, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "agent"
 PRODUCTION = CHART / "ci" / "production-values.yaml"
+POOL_NODE = "kwok-node-0"  # a kwok node, labelled pool=agents for placement-values.yaml
 RELEASE = "agent"
 IMAGE = "localhost/moorage/agent-service"
 SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
@@ -226,6 +229,31 @@ def test_bad_values_fail_the_install_with_the_schemas_message(
     ).stdout.strip()
 
 
+@contextlib.contextmanager
+def _placement_objects(cluster: Cluster, namespace: str) -> Iterator[None]:
+    """What placement-values.yaml names and a platform team provides: a node of the `agents`
+    pool (a kwok node, labelled meanwhile), the priority class, the ServiceAccount, the pull
+    secret and the prompts ConfigMap."""
+    cluster.kubectl_run("label", "node", POOL_NODE, "pool=agents", "--overwrite")
+    try:
+        cluster.kubectl_run("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": "agents-high"}, "value": 1000,
+        }))  # fmt: skip
+        cluster.kubectl_run("create", "serviceaccount", "agent-identity", "-n", namespace)
+        cluster.kubectl_run(
+            "create", "secret", "docker-registry", "registry-credentials", "-n", namespace,
+            "--docker-server=registry.invalid", "--docker-username=u", "--docker-password=p",
+        )  # fmt: skip
+        cluster.kubectl_run(
+            "create", "configmap", "agent-prompts", "-n", namespace, "--from-literal=a.txt=hi"
+        )
+        yield
+    finally:
+        cluster.kubectl_run("label", "node", POOL_NODE, "pool-", check=False)
+        cluster.kubectl_run("delete", "priorityclass", "agents-high", check=False)
+
+
 @pytest.mark.parametrize(
     "scenario", sorted((CHART / "ci").glob("*-values.yaml")), ids=lambda p: p.stem
 )
@@ -233,18 +261,25 @@ def test_every_ci_scenario_installs_under_the_restricted_standard(
     cluster: Cluster, namespace: str, tmp_path: Path, scenario: Path
 ) -> None:
     helm = restricted_helm("v4", cluster, namespace, tmp_path)
+    objects = (
+        _placement_objects(cluster, namespace)
+        if "placement" in scenario.name
+        else contextlib.nullcontext()
+    )
     if "existing-secret" in scenario.name:
         cluster.kubectl_run(
             "create", "secret", "generic", "agent-credentials", "-n", namespace,
             "--from-literal=redis-url=redis://r:6379/0", "--from-literal=openai-api-key=sk-x",
         )  # fmt: skip
-    helm("install", RELEASE, str(CHART), "-f", str(scenario), "--wait", "--timeout", "180s")
+    with objects:
+        helm("install", RELEASE, str(CHART), "-f", str(scenario), "--wait", "--timeout", "180s")
 
-    def all_ready() -> bool:
-        deployments = get(cluster, namespace, "deployments", "-l", SELECTOR)["items"]
-        return bool(deployments) and all(
-            d.get("status", {}).get("readyReplicas") == d["spec"]["replicas"] for d in deployments
-        )
+        def all_ready() -> bool:
+            deployments = get(cluster, namespace, "deployments", "-l", SELECTOR)["items"]
+            return bool(deployments) and all(
+                d.get("status", {}).get("readyReplicas") == d["spec"]["replicas"]
+                for d in deployments
+            )
 
-    wait_until(all_ready, f"every Deployment of {scenario.name} to be Ready")
-    helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
+        wait_until(all_ready, f"every Deployment of {scenario.name} to be Ready")
+        helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
