@@ -53,4 +53,10 @@ skaffold_pid=$!
 status=0
 # wait returns early when a trapped signal arrives; keep waiting until skaffold itself exits.
 while kill -0 "$skaffold_pid" 2>/dev/null; do wait "$skaffold_pid" && status=0 || status=$?; done
+# skaffold deletes the operator's namespace (dev on exit, delete) without waiting for it to go;
+# a deploy right after (`make dev` after `make dev-delete`) met it terminating and was refused.
+case ${1:-} in dev | delete)
+  "$bin_dir/kubectl" wait --for=delete namespace/moorage-system --timeout=180s >/dev/null 2>&1 ||
+    echo "skaffold.sh: namespace moorage-system is still terminating" >&2 ;;
+esac
 exit "$status"

@@ -103,6 +103,11 @@ def _as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _service_exists(cluster: Cluster) -> bool:
+    got = cluster.kubectl_run("get", "service", RELEASE, "-n", NAMESPACE, check=False)
+    return got.returncode == 0
+
+
 def _service_image(cluster: Cluster) -> str:
     return cluster.kubectl_run(
         "get", "deployment", RELEASE, "-n", NAMESPACE,
@@ -153,7 +158,8 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
 
         def serving(expected: str) -> bool:
             assert dev.poll() is None, (tmp_path / "dev.log").read_text()[-4000:]
-            if not _release_exists(cluster):
+            # The release is recorded before helm creates its objects: wait for the Service.
+            if not _release_exists(cluster) or not _service_exists(cluster):
                 return False
             return _reply(service_url(cluster, NAMESPACE, RELEASE)) == expected
 
