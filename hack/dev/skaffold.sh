@@ -45,7 +45,11 @@ export PATH=$helm3_dir:$bin_dir:$PATH
 cd "$root"
 # --no-prune: the images stay in buildah's storage for the next build's layer cache.
 args=("$@" --profile local)
-case ${1:-} in dev | run) args+=(--no-prune=true) ;; esac
+# --cache-artifacts=false: a hit in skaffold's artifact cache (~/.skaffold/cache) skips the
+# build command, and with it build.sh's load into the node; a new cluster's node then lacks
+# the image and the deploy waits for a pod that cannot start. buildah's layer cache keeps the
+# rebuild short.
+case ${1:-} in dev | run) args+=(--no-prune=true --cache-artifacts=false) ;; esac
 # skaffold in its own session, so a Ctrl-C reaches it exactly once (forwarded by the trap above)
 # and it removes what it deployed before it exits.
 setsid "$bin_dir/skaffold" "${args[@]}" &
