@@ -165,7 +165,6 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
 
         wait_until(lambda: serving("echo: hello"), "make dev to serve", timeout=BUILD_AND_DEPLOY_S)
         first = _service_image(cluster)
-        operator_image = _operator_image(cluster)
         # skaffold takes its baseline of the sources after the deploy: an edit before this line
         # is part of the baseline and triggers nothing.
         wait_until(
@@ -173,6 +172,8 @@ def test_readme_dev_loop_builds_deploys_redeploys_on_edit_and_cleans_up(
             "skaffold to watch the sources",
             timeout=120,
         )
+        # The whole deploy is done by now (skaffold deploys the chart first, then the manifests).
+        operator_image = _operator_image(cluster)
 
         source = checkout / PROVIDERS
         text = source.read_text()
