@@ -36,6 +36,20 @@ def pinned_tool(tool: str, binary: str) -> Path:
     return CACHE_DIR / "bin" / f"{tool}-{version}" / binary
 
 
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of a directory (files outside it allowed), parsed."""
+    kubectl = pinned_tool("kubernetes", "kubectl")
+    require(kubectl.is_file(), f"kubectl at {kubectl} (make tool-kubernetes)")
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(directory), "--load-restrictor", "LoadRestrictionsNone"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
 @pytest.fixture(scope="session")
 def helm() -> Path:
     """The pinned helm v4 binary (`make tool-helm4`), never whatever is on PATH."""

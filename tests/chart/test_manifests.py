@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.chart.conftest import ROOT, Render, pinned_tool
-from tests.conftest import require
+from tests.chart.conftest import ROOT, Render, kustomize
 
 MANIFESTS = ROOT / "manifests" / "agent"
 
@@ -45,20 +44,11 @@ def test_manifests_hold_what_the_chart_renders_by_default(render: Render) -> Non
 
 
 def test_kustomize_builds_the_manifests_into_any_namespace(tmp_path: Path) -> None:
-    kubectl = pinned_tool("kubernetes", "kubectl")
-    require(kubectl.is_file(), f"kubectl at {kubectl} (make tool-kubernetes)")
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
         f"resources: [{os.path.relpath(MANIFESTS, overlay)}]\nnamespace: agents\n"
     )
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(overlay), "--load-restrictor", "LoadRestrictionsNone"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
+    docs = kustomize(overlay)
     assert len(docs) == len(list(MANIFESTS.glob("*.yaml"))) - 1
     assert {d["metadata"]["namespace"] for d in docs} == {"agents"}

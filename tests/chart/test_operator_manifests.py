@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.chart.conftest import ROOT, pinned_tool
-from tests.conftest import require
+from tests.chart.conftest import ROOT, kustomize
 
 OPERATOR = ROOT / "manifests" / "operator"
 NAMESPACED = OPERATOR / "namespaced"
@@ -22,20 +19,6 @@ CLUSTER_KINDS = {
     "CustomResourceDefinition",
     "Namespace",
 }
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize` of a directory, parsed."""
-    kubectl = pinned_tool("kubernetes", "kubectl")
-    require(kubectl.is_file(), f"kubectl at {kubectl} (make tool-kubernetes)")
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(directory), "--load-restrictor", "LoadRestrictionsNone"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def _rules(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
