@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity=identity,
             priority=args.priority,
             peering=args.peering,
+            peering_scopes=scopes,
         ),
     )
     return 0

@@ -206,10 +206,9 @@ def _peering_allows() -> bool:
     if identity is None:
         return True  # no peering (standalone)
     now = datetime.datetime.now(datetime.UTC)
-    scopes = _scope.namespaces if _scope.namespaced_peering else (None,)
     return all(
         peering_allows(kube.get_peering(MANAGER, scope), identity, _scope.priority, now)
-        for scope in scopes
+        for scope in _scope.peering_scopes
     )
 
 
@@ -242,7 +241,9 @@ class _Scope:
     namespaces: Sequence[str] = ()
     identity: str | None = None
     priority: int = 0
-    namespaced_peering: bool = False
+    # Where the peering objects are: None for the ClusterKopfPeering, else namespaces
+    # (the same list the entry point waited for at start).
+    peering_scopes: Sequence[str | None] = (None,)
 
 
 _scope = _Scope()
@@ -261,7 +262,7 @@ def start_resync(memo: kopf.Memo, **_: Any) -> None:
     _scope.namespaces = tuple(memo.get("namespaces") or ())
     _scope.identity = memo.get("identity")
     _scope.priority = int(memo.get("priority") or 0)
-    _scope.namespaced_peering = memo.get("peering") == "namespaced"
+    _scope.peering_scopes = tuple(memo.get("peering_scopes") or (None,))
     RESYNC.start()
 
 
