@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
+from pydantic_core import from_json, to_json
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -35,7 +36,6 @@ from agent_service.store import APPEND_SCRIPT, session_keys, session_tag
 
 MAX_MESSAGES = 1000  # AGENT_MAX_HISTORY_MESSAGES' default; the service keeps half as many turn ids
 _JSON = [(b"content-type", b"application/json")]
-_COMPACT: dict[str, Any] = {"separators": (",", ":")}
 
 
 class TurnWork:
@@ -76,7 +76,8 @@ class TurnWork:
         assert self.redis is not None
         session_id = session_id or secrets.token_urlsafe(16)
         keys = session_keys(session_id)
-        history = [json.loads(item) for item in await self.redis.lrange(keys[0], -self.context, -1)]
+        raw = await self.redis.lrange(keys[0], -self.context, -1)
+        history = [from_json(item) for item in raw]  # decoded as the service decodes it
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         reply = f"echo: {message}"
@@ -85,11 +86,8 @@ class TurnWork:
         prompt = sum(len(str(m.get("content") or "").split()) for m in history)
         usage = {"input_tokens": prompt + len(message.split()), "output_tokens": len(reply.split())}
         messages = [
-            json.dumps({"role": "user", "content": message, "ts": now}, **_COMPACT),
-            json.dumps(
-                {"role": "assistant", "content": reply, "ts": now, "steps": 1, "usage": usage},
-                **_COMPACT,
-            ),
+            to_json({"role": "user", "content": message, "ts": now}),
+            to_json({"role": "assistant", "content": reply, "ts": now, "steps": 1, "usage": usage}),
         ]
         turn_id = secrets.token_urlsafe(16)
         args = [turn_id, "", self.ttl_s, MAX_MESSAGES, MAX_MESSAGES // 2, *messages]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from agent_service.store import KEY_PREFIX, RedisStore, StoreUnavailable
+from agent_service.store import KEY_PREFIX, POOL_SIZE, RedisStore, StoreUnavailable
 from tests.integration.conftest import Redis, wait_until
 
 TURNS = 40
@@ -90,3 +90,68 @@ def test_a_turn_is_stored_once_when_redis_stalls_and_the_client_library_retries_
     # could explain only if some were resent, which the counter of commands shows.
     calls = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     assert calls > TURNS, f"no write was resent ({calls} EVALSHA for {TURNS} turns)"
+
+
+def _occupy(store: RedisStore, block_s: float) -> list[asyncio.Future[object]]:
+    """Two waves of calls that each hold one of the store's connections for `block_s` (BLPOP
+    on an empty list), so the second wave and anything after it wait for a connection."""
+    return [
+        asyncio.ensure_future(store._run(lambda: store._redis.blpop("moorage:test:empty", block_s)))
+        for _ in range(2 * POOL_SIZE)
+    ]
+
+
+def test_a_burst_larger_than_the_pool_waits_for_connections_and_is_not_a_store_outage(
+    redis_server: Redis,
+) -> None:
+    """The store's timeout bounds the call once it has a connection, not the wait for one.
+
+    Counting the wait answered a burst of 2,000 streamed turns with 503s while Redis answered
+    every command in a millisecond, and marked the store down and up again many times a second.
+    """
+
+    async def scenario() -> tuple[list[object], bool, float]:
+        store = RedisStore(redis_server.url, 600, max_messages=1000, timeout_s=0.4)
+        try:
+            blocked = _occupy(store, 0.25)
+            await asyncio.sleep(0)  # the first wave holds every connection
+            started = time.monotonic()
+            context = await store.context("queued", 10, None)
+            waited = time.monotonic() - started
+            results = await asyncio.gather(*blocked, return_exceptions=True)
+            return [*results, context], store.health.up, waited
+        finally:
+            await store.aclose()
+
+    results, up, waited = asyncio.run(scenario())
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert up
+    # It waited for both waves (longer than the store timeout), then was answered.
+    assert waited > 0.4
+
+
+def test_a_call_that_finds_no_connection_within_the_request_bound_is_refused_without_an_outage(
+    redis_server: Redis,
+) -> None:
+    async def scenario() -> tuple[BaseException | None, bool]:
+        store = RedisStore(
+            redis_server.url, 600, max_messages=1000, timeout_s=1.0, queue_timeout_s=0.1
+        )
+        try:
+            blocked = _occupy(store, 0.3)
+            await asyncio.sleep(0)
+            try:
+                await store.context("queued", 10, None)
+            except StoreUnavailable as err:
+                refused: BaseException | None = err
+            else:
+                refused = None
+            await asyncio.gather(*blocked, return_exceptions=True)
+            return refused, store.health.up
+        finally:
+            await store.aclose()
+
+    refused, up = asyncio.run(scenario())
+    assert isinstance(refused, StoreUnavailable)
+    assert "no free connection" in str(refused)
+    assert up

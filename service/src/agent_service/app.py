@@ -46,6 +46,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             ),
             wait_replicas=settings.session_wait_replicas,
             wait_timeout_s=settings.session_replica_timeout_s,
+            queue_timeout_s=settings.request_timeout_s,
         )
         model = open_model(settings)
         agent = Agent(

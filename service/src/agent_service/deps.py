@@ -35,17 +35,19 @@ class AppState(TypedDict):
     usage: UsageMeter
 
 
-async def app_state(request: Request) -> AppState:
-    """The lifespan's clients and settings.
-
-    One dependency rather than one per client: FastAPI's cost per resolved dependency is
-    larger than a chat turn's own work per dependency (make bench, docs/benchmarks.md), and
-    `async def` because FastAPI runs a plain `def` dependency in a worker thread.
-    """
+def app_state(request: Request) -> AppState:
+    """The lifespan's clients and settings: what the turn routes read directly."""
     return cast(AppState, request.scope["state"])
 
 
-StateDep = Annotated[AppState, Depends(app_state)]
+async def _app_state(request: Request) -> AppState:
+    # `async def`: FastAPI runs a plain `def` dependency in a worker thread.
+    return app_state(request)
+
+
+# One dependency rather than one per client: FastAPI's cost per resolved dependency is larger
+# than a chat turn's own work per dependency (make bench, docs/benchmarks.md).
+StateDep = Annotated[AppState, Depends(_app_state)]
 
 
 async def authenticate(request: Request) -> None:

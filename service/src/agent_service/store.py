@@ -10,7 +10,6 @@ finds the stored answer instead of storing a second copy.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -22,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from pydantic_core import from_json, to_json
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -274,8 +274,10 @@ class RedisStore:
         tls: TlsFiles | None = None,
         wait_replicas: int = 0,
         wait_timeout_s: float = 0.5,
+        queue_timeout_s: float = 30.0,
     ) -> None:
         self._ttl_s = ttl_s
+        self._queue_timeout_s = queue_timeout_s
         self._max_messages = max_messages
         self._max_turns = max(max_messages // 2, 1)
         self._timeout_s = timeout_s
@@ -301,8 +303,8 @@ class RedisStore:
         self._page = self._redis.register_script(_PAGE)
         # redis-py's pool raises "Too many connections" once every connection is busy, which
         # turned a burst of 256 concurrent turns into a storm of 503s. A burst waits here for a
-        # free connection instead (within the call's bound); this costs a fraction of what
-        # redis-py's BlockingConnectionPool adds to every command.
+        # free connection instead (see `_run`); this costs a fraction of what redis-py's
+        # BlockingConnectionPool adds to every command.
         self._slots = asyncio.Semaphore(POOL_SIZE)
 
     def _connect(self, url: str, common: dict[str, Any]) -> Any:
@@ -342,17 +344,31 @@ class RedisStore:
         )
 
     async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
-        """Run one call on a free connection within `timeout_s`; a failure is StoreUnavailable."""
+        """Run one call within `timeout_s` of getting a connection; a failure is StoreUnavailable.
+
+        The wait for a free connection is not the store's time: a burst of turns larger than
+        the pool (2,000 streams arriving at once, make bench) waits its turn within the
+        request's own bound (`queue_timeout_s`), and the store is not marked down for it.
+        """
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._queue_timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError as err:
+                raise StoreUnavailable("no free connection: the worker is overloaded") from err
+        else:
+            await self._slots.acquire()  # a free slot: returns at once
         try:
             async with asyncio.timeout(self._timeout_s):
-                async with self._slots:
-                    result = await command()
+                result = await command()
         except TimeoutError as err:
             self.health.saw(False)
             raise StoreUnavailable("timeout") from err
         except (RedisError, RedisClusterException, OSError) as err:
             self.health.saw(False)
             raise StoreUnavailable(_reason(err)) from err
+        finally:
+            self._slots.release()
         self.health.saw(True)
         return result
 
@@ -369,10 +385,12 @@ class RedisStore:
         return call
 
     async def context(self, session_id: str, limit: int, turn_id: str | None) -> Context:
+        # Messages are (de)coded by pydantic's Rust JSON functions: a turn decodes its whole
+        # window, and the standard library's json took 4-5 times as long (hack/bench/HISTORY.md).
         history_key, _, turns_key, _ = session_keys(session_id)
         if turn_id is None:
             raw = await self._run(lambda: self._redis.lrange(history_key, -limit, -1))
-            return Context([json.loads(item) for item in raw], None)
+            return Context([from_json(item) for item in raw], None)
 
         async def both() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -382,14 +400,14 @@ class RedisStore:
 
         raw, record = await self._run(both)
         return Context(
-            [json.loads(item) for item in raw], None if record is None else record.decode()
+            [from_json(item) for item in raw], None if record is None else record.decode()
         )
 
     async def append(
         self, session_id: str, turn_id: str, record: str, messages: Sequence[Message]
     ) -> str | None:
-        encoded = [json.dumps(m, separators=(",", ":")) for m in messages]
-        args: list[str | int] = [
+        encoded = [to_json(m) for m in messages]
+        args: list[str | int | bytes] = [
             turn_id,
             record,
             self._ttl_s,
@@ -404,7 +422,7 @@ class RedisStore:
             reply = await self._run(lambda: self._append(keys=keys, args=args))
         return None if reply[0] == 1 else bytes(reply[1]).decode()
 
-    async def _append_and_wait(self, keys: list[str], args: list[str | int]) -> Any:
+    async def _append_and_wait(self, keys: list[str], args: list[str | int | bytes]) -> Any:
         """APPEND_SCRIPT then WAIT, pipelined on one connection to the session's master.
 
         WAIT counts the replicas that have every write of its own connection, so both must
@@ -463,7 +481,7 @@ class RedisStore:
         reply = await self._run(lambda: self._page(keys=keys, args=args))
         if not reply:
             return None
-        return Page(int(reply[0]), int(reply[1]), [json.loads(item) for item in reply[2:]])
+        return Page(int(reply[0]), int(reply[1]), [from_json(item) for item in reply[2:]])
 
     async def delete(self, session_id: str) -> bool:
         keys = session_keys(session_id)
@@ -588,6 +606,7 @@ def open_store(
     tls: TlsFiles | None = None,
     wait_replicas: int = 0,
     wait_timeout_s: float = 0.5,
+    queue_timeout_s: float = 30.0,
 ) -> SessionStore:
     """A store for the URL's scheme (already validated by the settings)."""
     if url.startswith("memory://"):
@@ -609,4 +628,5 @@ def open_store(
         tls=tls,
         wait_replicas=wait_replicas,
         wait_timeout_s=wait_timeout_s,
+        queue_timeout_s=queue_timeout_s,
     )

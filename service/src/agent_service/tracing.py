@@ -75,6 +75,11 @@ def capture_content() -> bool:
     return _true(CAPTURE_CONTENT_ENV)
 
 
+# The service's tracer: a no-op one (no span objects, no context changes) until `start_tracing`
+# installs a provider. Looked up once: the API's lookup reads the environment on every call.
+_tracer: trace.Tracer = trace.NoOpTracer()
+
+
 def start_tracing() -> TracerProvider | None:
     """Install an OTLP-exporting tracer provider when configured; None (and no cost) otherwise.
 
@@ -94,6 +99,8 @@ def start_tracing() -> TracerProvider | None:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    global _tracer
+    _tracer = provider.get_tracer(TRACER_NAME)
     log.info(
         "exporting traces by OTLP",
         extra={"capture_message_content": capture_content()},
@@ -104,12 +111,14 @@ def start_tracing() -> TracerProvider | None:
 def stop_tracing(provider: TracerProvider | None) -> None:
     """Send what is still buffered, then stop exporting."""
     if provider is not None:
+        global _tracer
+        _tracer = trace.NoOpTracer()
         provider.shutdown()
 
 
 def tracer() -> trace.Tracer:
     """The service's tracer (a no-op one unless `start_tracing` installed a provider)."""
-    return trace.get_tracer(TRACER_NAME)
+    return _tracer
 
 
 def parent_context(headers: Mapping[str, str]) -> Context | None:
@@ -138,8 +147,10 @@ def start_turn(headers: Mapping[str, str], model: str) -> Span:
     `turn` or `within` make it the parent of the turn's model and tool spans where the turn runs
     (a streamed turn runs in the response's task, not the handler's).
     """
+    if isinstance(_tracer, trace.NoOpTracer):
+        return trace.INVALID_SPAN
     inside = trace.get_current_span().get_span_context().is_valid
-    return tracer().start_span(
+    return _tracer.start_span(
         f"invoke_agent {AGENT_NAME}",
         context=None if inside else parent_context(headers),
         kind=SpanKind.INTERNAL if inside else SpanKind.SERVER,
@@ -147,13 +158,17 @@ def start_turn(headers: Mapping[str, str], model: str) -> Span:
     )
 
 
-async def within(span: Span, parts: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+def within(span: Span, parts: AsyncGenerator[T, None]) -> AsyncIterator[T]:
     """`parts`, each step run with `span` current (the parent of the spans started there).
 
     The context is set and reset around each step, never across a `yield`: a stream whose
     client left is closed by whichever task finalises it, where a reset would fail. Closing
-    this closes `parts`.
+    this closes `parts`. Without tracing, `parts` itself.
     """
+    return _within(span, parts) if span.is_recording() else parts
+
+
+async def _within(span: Span, parts: AsyncGenerator[T, None]) -> AsyncIterator[T]:
     current = trace.set_span_in_context(span)
     try:
         while True:
@@ -189,6 +204,9 @@ def end_turn(
 def turn(headers: Mapping[str, str], model: str) -> Iterator[Span]:
     """A whole turn's span, current for the block and ended with it."""
     span = start_turn(headers, model)
+    if not span.is_recording():
+        yield span
+        return
     with trace.use_span(
         span, end_on_exit=True, record_exception=False, set_status_on_exception=False
     ):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,9 +11,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from agent_service import app as app_module
+from agent_service.deps import authenticate
 from agent_service.errors import ApiError
-from agent_service.routes.chat import chat_request
-from agent_service.schemas import ChatRequest
 
 
 def test_a_dependency_of_the_app_reaches_every_route_including_the_hot_one(
@@ -48,24 +47,32 @@ def test_a_dependency_of_the_app_reaches_every_route_including_the_hot_one(
 
 
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
-def test_a_turn_resolves_its_dependencies_per_request(client: TestClient, path: str) -> None:
-    """Overriding a dependency changes the hot route's answer: nothing short-cuts FastAPI."""
+def test_a_turn_resolves_its_routers_dependencies_per_request(
+    client: TestClient, path: str
+) -> None:
+    """Overriding the router's dependency changes the hot route's answer: nothing short-cuts
+    FastAPI, though the turn reads its own body and header."""
     app = client.app
     assert isinstance(app, FastAPI)
 
-    async def another_body() -> ChatRequest:
-        return ChatRequest(session_id="overridden", message="from the override")
+    def as_client(name: str) -> Callable[[Request], Awaitable[None]]:
+        async def authenticated(request: Request) -> None:
+            request.scope["state"]["client"] = name
 
-    app.dependency_overrides[chat_request] = another_body
+        return authenticated
+
     try:
-        response = client.post(path, json={"session_id": "sent", "message": "as sent"})
+        app.dependency_overrides[authenticate] = as_client("carol")
+        response = client.post(path, json={"session_id": "carols", "message": "as sent"})
+        assert response.status_code == 200
+        assert "as sent" in response.text
+        # The turn claimed the session for carol: to dave it is unknown, to carol it is there.
+        app.dependency_overrides[authenticate] = as_client("dave")
+        assert client.get("/v1/sessions/carols").status_code == 404
+        app.dependency_overrides[authenticate] = as_client("carol")
+        assert client.get("/v1/sessions/carols").status_code == 200
     finally:
         app.dependency_overrides.clear()
-    assert response.status_code == 200
-    assert "from the override" in response.text
-    assert "as sent" not in response.text
-    assert client.get("/v1/sessions/sent").status_code == 404
-    assert client.get("/v1/sessions/overridden").status_code == 200
 
 
 def test_a_turn_answers_json_with_its_length_request_id_and_route_label(
