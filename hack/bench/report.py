@@ -115,6 +115,12 @@ def summarise(measured: Measured, profile: Profile) -> dict[str, Any]:
         "slow_vs_ideal": row[("slow", "service")]["rps"] / ideal,
         "slow_floor_vs_ideal": row[("slow", "floor")]["rps"] / ideal,
         "stream_vs_ideal": stream["rps"] / profile.stream_ideal_rps,
+        # Little's law for the closed loop: each connection's turns follow each other, so the
+        # sustained rate is connections / mean latency, and its ideal connections / model
+        # latency. The window's own count is quantised to whole waves of 2,000 turns.
+        "stream_sustained_vs_ideal": profile.stream_latency_ms / stream["latency_ms"]["mean"]
+        if stream["latency_ms"].get("mean")
+        else 0.0,
         "stream_kib_per_turn": in_flight_kib,
         "workers_2_vs_1": row[("workers", "w2")]["rps"] / chat["rps"] if chat["rps"] else 0.0,
         # What a feature costs: on / off, each round's pair back to back. Printed, not targeted.
@@ -163,10 +169,10 @@ def summarise(measured: Measured, profile: Profile) -> dict[str, Any]:
             ratios["slow_vs_ideal"] >= TARGET_SLOW,
         ),
         _target(
-            "streamed turns vs ideal",
-            ratios["stream_vs_ideal"],
+            "streamed turns, sustained vs ideal",
+            ratios["stream_sustained_vs_ideal"],
             f">= {TARGET_STREAM}x",
-            ratios["stream_vs_ideal"] >= TARGET_STREAM,
+            ratios["stream_sustained_vs_ideal"] >= TARGET_STREAM,
         ),
         _target(
             "memory per in-flight stream (KiB)",
@@ -305,6 +311,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| 6 chat throughput, 2 workers / 1 worker | {r['workers_2_vs_1']:.2f}x |",
         f"| 7 streamed turns, {s['stream_connections']} at once for {s['stream_duration_s']} s, "
         f"service / ideal ({s['ideal_stream_rps']:.0f} req/s) | {r['stream_vs_ideal']:.2f}x |",
+        f"| 7 streamed turns sustained (connections / mean latency), service / ideal "
+        f"({s['stream_connections'] / (s['stream_latency_ms'] / 1000):.0f} req/s) | "
+        f"{r.get('stream_sustained_vs_ideal', 0.0):.2f}x |",
         f"| 7 RSS of the worker, idle → peak with the streams in flight | "
         f"{rss['stream_idle']:.0f} → {rss['stream_peak']:.0f} MiB "
         f"({r['stream_kib_per_turn']:.1f} KiB per stream) |",
@@ -394,7 +403,10 @@ system CPU time of the serving process(es) per answered request: unlike req/s it
 when other work takes the cores, so its ratio is the steadiest measure of the shell's cost.
 Scenario 7 holds {s["stream_connections"]:,} streamed turns in flight on one worker (model
 latency {s["stream_latency_ms"] / 1000:g} s) for {s["stream_duration_s"]} s: an ideal server
-completes every connection's turn each {s["stream_latency_ms"] / 1000:g} s, and the memory per
+completes every connection's turn each {s["stream_latency_ms"] / 1000:g} s. Its target is
+judged on the sustained rate, connections / mean latency (Little's law): the count of answers
+in the window moves in whole waves of turns (all connections start together and stay in step),
+so one late wave costs a third of it. The memory per
 stream is the worker's peak RSS above its idle RSS, divided by the streams. Scenarios 8 and 9
 price two features against the same service without them, on / off in alternating order:
 API keys + token usage + budgets (session and client-day, reserved and settled in Redis) + a

@@ -24,7 +24,7 @@ TARGETS = (
     "chat p99 vs floor",
     "chat throughput vs plain FastAPI",
     "slow model vs ideal",
-    "streamed turns vs ideal",
+    "streamed turns, sustained vs ideal",
     "memory per in-flight stream (KiB)",
     "streamed turns with errors",
     "cold start median (s)",
