@@ -23,7 +23,7 @@ from agent_service.providers import open_model
 from agent_service.routes import chat, health, sessions
 from agent_service.store import StoreHealth, TlsFiles, open_store
 from agent_service.tools import BUILTIN_TOOLS
-from agent_service.tracing import FASTAPI_TELEMETRY, start_tracing, stop_tracing
+from agent_service.tracing import fastapi_telemetry, start_tracing, stop_tracing
 from agent_service.usage import UsageMeter
 
 
@@ -106,7 +106,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        telemetry=FASTAPI_TELEMETRY,
+        telemetry=fastapi_telemetry(),
     )
     install_error_handlers(app)
     app.include_router(health.router)

@@ -139,6 +139,17 @@ UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and sc
 FASTAPI_TELEMETRY: TelemetryConfig = {"operation_spans": False, "exclude": _untraced}
 
 
+def fastapi_telemetry() -> TelemetryConfig:
+    """FastAPI's telemetry settings: off unless traces are exported.
+
+    Left on, FastAPI asks the OpenTelemetry API on every request whether a tracer or meter
+    provider is installed, and that lookup reads the environment each time.
+    """
+    if exporting():
+        return FASTAPI_TELEMETRY
+    return {"tracing": False, "metrics": False, "logs": False}
+
+
 def start_turn(headers: Mapping[str, str], model: str) -> Span:
     """The span of one turn (`invoke_agent`).
 
