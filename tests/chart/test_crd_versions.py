@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agent_operator.spec import GROUP, VERSION
+from agent_operator.spec import GROUP, RESERVED_ENV, VERSION
 
 CRD = Path(__file__).resolve().parents[2] / "manifests" / "crds" / "agentdeployments.yaml"
 
@@ -45,3 +46,11 @@ def test_both_versions_share_schema_subresources_and_columns_so_none_conversion_
     )
     for key in ("schema", "subresources", "additionalPrinterColumns"):
         assert old[key] == new[key], key
+
+
+def test_the_crd_refuses_in_env_exactly_the_variables_the_operator_reserves() -> None:
+    """`kubectl apply` refuses what the operator would refuse later as an Invalid condition."""
+    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    (rule,) = [v["rule"] for v in schema["x-kubernetes-validations"] if "self.env.all" in v["rule"]]
+    assert sorted(re.findall(r"'(AGENT_[A-Z_]+)'", rule)) == sorted(RESERVED_ENV)
