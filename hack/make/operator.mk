@@ -4,7 +4,7 @@
 operator-run: sync ## run the operator on this machine against the current kubeconfig (all namespaces)
 	$(UV) run --frozen agent-operator
 
-bench-operator: sync cluster-up ## time apply→Ready for 1 and 50 AgentDeployments and the operator's RSS (bench-out/)
+bench-operator: sync cluster-up ## 1 and 200 AgentDeployments at once → Ready (p50/p95/p99), a spec change's rollout, RSS; issue-14 targets (bench-out/operator.json)
 	$(UV) run --frozen python $(ROOT)/hack/bench/operator_bench.py --uv $(UV) --out $(ROOT)/bench-out/operator.json
 
 .PHONY: crd-migrate
