@@ -40,7 +40,7 @@ from agent_operator.reconcile import (
 )
 from agent_operator.rollback import pod_failure
 from agent_operator.spec import GROUP, KIND, PLURAL, VERSION
-from agent_operator.workqueue import KeyedQueue, Resyncer
+from agent_operator.workqueue import Full, KeyedQueue, Pending, Resyncer
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,14 @@ def _settled(body: Mapping[str, Any]) -> bool:
     return not (degraded.get("status") == "True" and degraded.get("reason") == "InvalidSpec")
 
 
-def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
-    """One drift-repair pass over an AgentDeployment's children (the queue's pass)."""
+def _repair(key: Key) -> None:
+    """One drift-repair pass over an AgentDeployment's children (the queue's pass): over the
+    children whose events arrived since the last pass, or over every child when a full pass
+    was asked for (PENDING)."""
     namespace, name = key
+    seen = PENDING.take(key)
+    if seen is None:
+        return  # an earlier pass took what this one was added for
     try:
         body = kube.get_agent(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp") or not _settled(body):
@@ -171,7 +176,8 @@ def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
         # Waiting for a Secret, the children may never have been made: apply them all (a drift
         # pass would report each one as "deleted by hand").
         waiting = was in SECRET_REASONS
-        outcome = reconcile(kube, body, full=waiting, live_child=None if waiting else live_child)
+        live = None if waiting or isinstance(seen, Full) else seen
+        outcome = reconcile(kube, body, full=waiting, live_children=live)
         if was in SECRET_REASONS and outcome.problem is None:
             outcome.notices.append(
                 Notice(False, "Recovered", "the referenced Secret is there now; children applied")
@@ -187,7 +193,7 @@ def _repair(key: Key, live_child: tuple[ChildKind, Any] | None = None) -> None:
             kube.error_message(exc),
             API_RETRY_SECONDS,
         )
-        RESYNC.later(key, API_RETRY_SECONDS)
+        RESYNC.later(key, API_RETRY_SECONDS)  # as a full pass (what this one took is in it)
         return
     _post(body, outcome)
     if outcome.retry:
@@ -250,8 +256,14 @@ _scope = _Scope()
 # One mechanism for "a change while busy": spec handlers hold a key exclusively, child events
 # and resyncs add it (processed now, or once more by whoever holds it).
 QUEUE: KeyedQueue[Key] = KeyedQueue(_repair)
+# What each key's next pass looks at: the children whose events arrived, or everything.
+PENDING: Pending[Key, ChildKind, Any] = Pending()
 RESYNC: Resyncer[Key] = Resyncer(
-    QUEUE, list_keys=_all_keys, interval=RESYNC_SECONDS, active=_peering_allows
+    QUEUE,
+    list_keys=_all_keys,
+    interval=RESYNC_SECONDS,
+    active=_peering_allows,
+    mark=PENDING.want_full,
 )
 
 
@@ -334,6 +346,7 @@ def on_pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     elif pod_failure(body) is not None:
         RESYNC.adopt_context(contextvars.copy_context())
         key = (str(meta["namespace"]), str(owner))
+        PENDING.want_full(key)  # judge the rollout on every pod
         QUEUE.add(key)
 
 
@@ -352,9 +365,10 @@ def _on_child(kind: ChildKind, event: Mapping[str, Any], body: Mapping[str, Any]
         return
     RESYNC.adopt_context(contextvars.copy_context())
     key = (body["metadata"]["namespace"], owner)
-    live = None if event.get("type") == "DELETED" else dict(body)
-    # Never parks a kopf worker: if the key is busy, its holder repairs it once more after.
-    QUEUE.add(key, lambda: _repair(key, (kind, live)))
+    PENDING.note(key, kind, None if event.get("type") == "DELETED" else dict(body))
+    # Never parks a kopf worker: if the key is busy, its holder repairs it once more after,
+    # over every child noted meanwhile.
+    QUEUE.add(key)
 
 
 def _watch(kind: ChildKind) -> None:

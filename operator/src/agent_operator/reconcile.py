@@ -25,6 +25,7 @@ from agent_operator.drift import drifted_fields
 from agent_operator.rollback import (
     Decision,
     decide,
+    good_spec,
     held,
     revision_of_deployment,
     rollout_failure,
@@ -206,14 +207,16 @@ def reconcile(
     body: Mapping[str, Any],
     *,
     full: bool,
-    live_child: tuple[ChildKind, Obj | None] | None = None,
+    live_children: Mapping[ChildKind, Obj | None] | None = None,
     replicas_changed: bool = False,
 ) -> Outcome:
     """Apply the children and compute the status.
 
     full=True (create/update/resume): apply every child from the spec.
     full=False (child watch, resync): compare live children with the spec and restore only
-    those that drifted or vanished; `live_child` passes the object a watch event carried.
+    those that drifted or vanished. `live_children` limits the pass to the children whose
+    watch events arrived, with the bodies they carried (None: deleted); without it every child
+    is read.
     """
     owner = owner_of(body)
     generation = int(body["metadata"].get("generation", 1))
@@ -236,18 +239,35 @@ def reconcile(
         outcome.status = _status(client, owner, spec, generation, previous, problem)
         return outcome
 
-    decision = assess_rollout(client, owner, spec, body.get("spec") or {}, generation, previous)
+    if (
+        not full
+        and live_children is not None
+        and DEPLOYMENT not in live_children
+        and children_in_line(client, owner, standing_spec(owner, spec, generation, previous),
+                             live_children)
+    ):  # fmt: skip
+        # Nothing the status or the rollout depends on changed (the Deployment's own events
+        # carry those), and nothing drifted: no further reads, no writes.
+        return outcome
+
+    seen = (live_children or {}).get(DEPLOYMENT)
+    decision, known = assess_rollout(
+        client, owner, spec, body.get("spec") or {}, generation, previous, seen
+    )
     if decision.event is not None:
         outcome.notices.append(Notice(True, decision.event.reason, decision.event.message))
     if decision.reverted_now:
-        full, live_child = True, None  # every child back to the last good spec
+        full, live_children = True, None  # every child back to the last good spec
     if full:
         outcome.notices.extend(advisories(spec, replicas_changed))
     deployment: Obj | None = None
     for kind, name, desired in build_children(owner, decision.spec):
-        if live_child is not None and live_child[0] is not kind:
+        if live_children is not None and kind not in live_children:
             continue
-        live = observe_child(client, kind, owner.namespace, name, desired, full, live_child)
+        if kind is DEPLOYMENT and (full or live_children is None):
+            live = known  # assess_rollout has just read it
+        else:
+            live = observe_child(client, kind, owner.namespace, name, desired, full, live_children)
         step = plan_child(kind, name, desired, live, full=full, status=previous)
         try:
             result = _carry_out(
@@ -267,7 +287,8 @@ def reconcile(
         if kind is DEPLOYMENT:
             deployment = result.live
     if deployment is None and outcome.problem is None:
-        deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
+        # Not touched by this pass: as assess_rollout read it (or as its latest event said).
+        deployment = known
     outcome.status = _status(
         client,
         owner,
@@ -288,6 +309,30 @@ def revision_of(owner: Owner, spec: AgentSpec) -> str:
     return str(pod_template(owner, spec)["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
 
 
+def standing_spec(
+    owner: Owner, spec: AgentSpec, generation: int, previous: Mapping[str, Any]
+) -> AgentSpec:
+    """The spec the children are built from when no rollout is judged anew: the last good one
+    while this generation is held rolled back (as `decide` holds it), else the spec."""
+    if held(previous, revision_of(owner, spec), generation):
+        return good_spec(previous.get("lastGood"), spec) or spec
+    return spec
+
+
+def children_in_line(
+    client: Client, owner: Owner, spec: AgentSpec, live_children: Mapping[ChildKind, Obj | None]
+) -> bool:
+    """Whether each of `live_children` is as `spec` wants it (read again only when the event's
+    body differs: it may predate our own last apply)."""
+    for kind, name, desired in build_children(owner, spec):
+        if kind not in live_children:
+            continue
+        live = observe_child(client, kind, owner.namespace, name, desired, False, live_children)
+        if plan_child(kind, name, desired, live, full=False, status={}).action != "keep":
+            return False
+    return True
+
+
 def assess_rollout(
     client: Client,
     owner: Owner,
@@ -295,10 +340,16 @@ def assess_rollout(
     raw_spec: Mapping[str, Any],
     generation: int,
     previous: Mapping[str, Any],
-) -> Decision:
-    """Read what the rollout of the spec's revision needs judging on, and decide."""
+    seen: Obj | None = None,
+) -> tuple[Decision, Obj | None]:
+    """Read what the rollout of the spec's revision needs judging on, and decide; also the
+    Deployment it judged. `seen`: the Deployment as its latest watch event carried it, used
+    when it is at the spec's revision (a newer state has an event of its own still to come)."""
     revision = revision_of(owner, spec)
-    deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
+    if seen is not None and revision_of_deployment(seen) == revision:
+        deployment: Obj | None = seen
+    else:
+        deployment = client.get(DEPLOYMENT, owner.namespace, owner.name)
     at_revision = deployment is not None and revision_of_deployment(deployment) == revision
     complete = at_revision and rollout_complete(deployment, desired_replicas(spec, deployment))
     proven = (previous.get("lastGood") or {}).get("revision") == revision
@@ -306,7 +357,7 @@ def assess_rollout(
     if deployment is not None and not (complete or proven or held(previous, revision, generation)):
         pods = client.list_pods(owner.namespace, selector_string(owner.name))
         failure = rollout_failure(deployment, pods, revision)
-    return decide(
+    decision = decide(
         spec=spec,
         raw_spec=raw_spec,
         revision=revision,
@@ -316,6 +367,7 @@ def assess_rollout(
         failure=failure,
         now=now_iso(),
     )
+    return decision, deployment
 
 
 def observe_child(
@@ -325,11 +377,11 @@ def observe_child(
     name: str,
     desired: Obj | None,
     full: bool,
-    live_child: tuple[ChildKind, Obj | None] | None,
+    live_children: Mapping[ChildKind, Obj | None] | None,
 ) -> Obj | None:
     """The live child as far as the decision needs it (reads only when it matters)."""
-    if live_child is not None:
-        live = live_child[1]
+    if live_children is not None and kind in live_children:
+        live = live_children[kind]
         if desired is not None and (live is None or drifted_fields(desired, live)):
             # The event may predate our own last apply: judge drift on the object as it is now.
             return client.get(kind, namespace, name)

@@ -5,6 +5,8 @@ being processed is processed once more afterwards, however often it was added me
 thread that adds an idle key processes it itself (kopf's worker threads, or the resync thread),
 so there is no second pool of workers to size. `Resyncer` feeds the same queue from one
 background thread: delayed retries of single keys, and a bounded periodic pass over every key.
+`Pending` says what a key's next pass must look at, so a burst of child events costs one pass
+over those children rather than a read of every child per event.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+S = TypeVar("S", bound=Hashable)
+V = TypeVar("V")
 
 
 class KeyedQueue(Generic[K]):
@@ -89,6 +93,42 @@ class KeyedQueue(Generic[K]):
                 log.exception("processing %s failed", key)
 
 
+class Full:
+    """The marker of a pass that must read every child (see `Pending`)."""
+
+
+FULL = Full()
+
+
+class Pending(Generic[K, S, V]):
+    """What a key's next pass must look at: the latest body of each part (child kind) whose
+    event arrived since its last pass, or FULL when someone asked for a pass over everything
+    (a resync, a retry, a failing pod). A pass takes it at its start, so what arrives while it
+    runs is left for the pass after (the queue's dirty pass)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[K, dict[S, V] | Full] = {}
+
+    def note(self, key: K, part: S, body: V) -> None:
+        """`part` of `key` changed and now looks like `body` (the latest one wins)."""
+        with self._lock:
+            parts = self._pending.setdefault(key, {})
+            if not isinstance(parts, Full):
+                parts[part] = body
+
+    def want_full(self, key: K) -> None:
+        """The next pass over `key` reads everything."""
+        with self._lock:
+            self._pending[key] = FULL
+
+    def take(self, key: K) -> dict[S, V] | Full | None:
+        """What the pass over `key` starting now must look at; None: nothing (an earlier pass
+        took it already)."""
+        with self._lock:
+            return self._pending.pop(key, None)
+
+
 class Resyncer(Generic[K]):
     """One background thread adding keys to a queue: retries when due, all keys periodically."""
 
@@ -100,9 +140,12 @@ class Resyncer(Generic[K]):
         interval: float,
         active: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        mark: Callable[[K], None] | None = None,
     ) -> None:
-        # interval <= 0 turns the periodic pass off (retries still run).
+        # interval <= 0 turns the periodic pass off (retries still run). `mark` is called with
+        # each key before it is added (to ask for a full pass: Pending.want_full).
         self._queue = queue
+        self._mark = mark
         self._list_keys = list_keys
         self._interval = interval
         self._active = active
@@ -190,6 +233,8 @@ class Resyncer(Generic[K]):
             # the load, and a large fleet stretches the period instead of the API server.
             for key in keys:
                 try:
+                    if self._mark is not None:
+                        self._mark(key)
                     self._queue.add(key)
                 except Exception:  # one key's failure must not starve the others
                     log.exception("resyncing %s failed", key)

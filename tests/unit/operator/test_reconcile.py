@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from agent_operator.__main__ import parse_args
-from agent_operator.builders import CONFIGMAP, DEPLOYMENT, SERVICE
+from agent_operator.builders import CONFIGMAP, DEPLOYMENT, PDB, SERVICE
 from agent_operator.handlers import _owner_name, _settled
 from agent_operator.reconcile import (
     IMAGE_PATH,
@@ -139,6 +139,7 @@ class FakeKube:
         self.secrets = secrets or {}
         self.refuse: dict[str, int] = {}
         self.pods: list[dict] = []
+        self.reads: list[tuple[str, str, str]] = []
 
     def apply(self, kind, obj, manager="moorage-operator"):
         meta = obj["metadata"]
@@ -158,6 +159,7 @@ class FakeKube:
         return copy.deepcopy(merged)
 
     def get(self, kind, namespace, name):
+        self.reads.append(("get", kind.plural, name))
         found = self.objects.get((kind.plural, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
@@ -169,6 +171,7 @@ class FakeKube:
         return self.secrets.get(name)
 
     def list_pods(self, namespace, selector):
+        self.reads.append(("list", "pods", selector))
         return copy.deepcopy(self.pods)
 
 
@@ -235,7 +238,7 @@ def test_a_stale_watch_event_is_judged_on_the_live_object():
     stale = fake.get(DEPLOYMENT, "ns", "demo")
     stale["spec"]["replicas"] = 9  # what the event carried; the live object is fine again
     fake.writes.clear()
-    outcome = reconcile(fake, _agent(), full=False, live_child=(DEPLOYMENT, stale))
+    outcome = reconcile(fake, _agent(), full=False, live_children={DEPLOYMENT: stale})
     assert fake.writes == []
     assert outcome.notices == []
 
@@ -244,7 +247,7 @@ def test_a_deleted_child_is_recreated_with_an_event():
     fake = FakeKube()
     reconcile(fake, _agent(), full=True)
     del fake.objects[("services", "ns", "demo")]
-    outcome = reconcile(fake, _agent(), full=False, live_child=(SERVICE, None))
+    outcome = reconcile(fake, _agent(), full=False, live_children={SERVICE: None})
     assert ("services", "ns", "demo") in fake.objects
     assert _reasons(outcome) == ["ChildRecreated"]
 
@@ -301,3 +304,69 @@ def test_the_plan_for_a_child_is_a_pure_decision():
     recreate = plan_child(SERVICE, "demo", desired, None, full=False, status={})
     assert (recreate.action, recreate.notice.reason) == ("apply", "ChildRecreated")
     assert plan_child(SERVICE, "demo", desired, desired, full=False, status={}) == Step("keep")
+
+
+def _complete(deployment):
+    generation = deployment["metadata"].setdefault("generation", 1)
+    deployment["status"] = {
+        "observedGeneration": generation,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+    }
+    return deployment
+
+
+def test_a_child_event_that_matches_the_spec_reads_and_writes_nothing_else():
+    fake = FakeKube()
+    created = reconcile(fake, _agent(), full=True)
+    events = {kind: fake.get(kind, "ns", name) for kind, name in ((SERVICE, "demo"), (PDB, "demo"))}
+    fake.reads.clear()
+    fake.writes.clear()
+    outcome = reconcile(fake, _agent(status=created.status), full=False, live_children=events)
+    assert fake.reads == []
+    assert fake.writes == []
+    assert outcome.status is None  # the status follows the Deployment's own events
+    assert outcome.notices == []
+
+
+def test_a_child_event_that_drifted_is_restored_and_the_status_recomputed():
+    fake = FakeKube()
+    created = reconcile(fake, _agent(), full=True)
+    fake.objects[("services", "ns", "demo")]["spec"]["ports"] = []
+    edited = fake.get(SERVICE, "ns", "demo")
+    fake.writes.clear()
+    outcome = reconcile(
+        fake, _agent(status=created.status), full=False, live_children={SERVICE: edited}
+    )
+    assert fake.writes == [("apply:moorage-operator", "services", "demo")]
+    assert _reasons(outcome) == ["DriftRestored"]
+    assert outcome.status is not None
+
+
+def test_a_deployment_event_at_the_specs_revision_is_judged_without_reading_it_again():
+    fake = FakeKube()
+    created = reconcile(fake, _agent(), full=True)
+    event = _complete(fake.get(DEPLOYMENT, "ns", "demo"))
+    fake.reads.clear()
+    outcome = reconcile(
+        fake, _agent(status=created.status), full=False, live_children={DEPLOYMENT: event}
+    )
+    assert fake.reads == []
+    assert outcome.status["state"] == "Ready"
+    assert outcome.status["lastGood"]["generation"] == 1
+
+
+def test_a_deployment_event_at_another_revision_is_judged_on_the_live_object():
+    fake = FakeKube()
+    created = reconcile(fake, _agent(), full=True)
+    event = fake.get(DEPLOYMENT, "ns", "demo")
+    event["spec"]["template"]["metadata"]["annotations"]["moorage.dev/template-hash"] = "old"
+    _complete(fake.objects[("deployments", "ns", "demo")])
+    fake.reads.clear()
+    outcome = reconcile(
+        fake, _agent(status=created.status), full=False, live_children={DEPLOYMENT: event}
+    )
+    assert ("get", "deployments", "demo") in fake.reads
+    assert outcome.status["state"] == "Ready"

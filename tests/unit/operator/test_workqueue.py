@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from agent_operator.workqueue import KeyedQueue, Resyncer
+from agent_operator.workqueue import FULL, KeyedQueue, Pending, Resyncer
 
 TIMEOUT = 10
 
@@ -209,3 +209,47 @@ def test_nothing_is_resynced_while_another_instance_is_active() -> None:
     finally:
         resyncer.stop()
     assert processed == []
+
+
+def test_a_resync_asks_for_a_full_pass_before_it_adds_a_key() -> None:
+    pending: Pending[str, str, dict] = Pending()
+    pending.note("a", "configmaps", {"data": {}})
+    seen: list[object] = []
+    done = threading.Event()
+
+    def process(key: str) -> None:
+        seen.append(pending.take(key))
+        done.set()
+
+    resyncer = Resyncer(
+        KeyedQueue(process),
+        list_keys=lambda: ["a"],
+        interval=0.02,
+        active=lambda: True,
+        mark=pending.want_full,
+    )
+    resyncer.start()
+    try:
+        assert done.wait(TIMEOUT)
+    finally:
+        resyncer.stop()
+    assert seen[0] is FULL
+
+
+def test_pending_keeps_the_latest_body_of_each_part_until_a_pass_takes_it() -> None:
+    pending: Pending[str, str, int | None] = Pending()
+    pending.note("a", "deployments", 1)
+    pending.note("a", "services", 7)
+    pending.note("a", "deployments", 2)
+    pending.note("a", "services", None)  # deleted
+    assert pending.take("a") == {"deployments": 2, "services": None}
+    assert pending.take("a") is None  # taken: a second pass has nothing to do
+
+
+def test_a_full_pass_asked_for_is_not_narrowed_by_a_later_child_event() -> None:
+    pending: Pending[str, str, int] = Pending()
+    pending.note("a", "services", 1)
+    pending.want_full("a")
+    pending.note("a", "deployments", 2)
+    assert pending.take("a") is FULL
+    assert pending.take("b") is None
