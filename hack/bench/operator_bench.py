@@ -470,7 +470,7 @@ def operator_pid(root: int) -> int:
 
 @contextlib.contextmanager
 def operator_process(
-    kubectl: Kubectl, uv: str, workdir: Path, log_level: str
+    kubectl: Kubectl, uv: str, workdir: Path, log_level: str, extra_env: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as its ServiceAccount, alive (liveness answered), stopped on exit."""
     op_kubeconfig = workdir / "kubeconfig"
@@ -482,6 +482,7 @@ def operator_process(
         AGENT_OPERATOR_LIVENESS=f"http://127.0.0.1:{port}/healthz",
         AGENT_OPERATOR_LOG_LEVEL=log_level,
     )
+    env.update(extra_env)
     with (workdir / "operator.log").open("w") as log:
         proc = subprocess.Popen(
             [uv, "run", "--frozen", "agent-operator"],
@@ -611,6 +612,14 @@ def main() -> int:
         default=TARGET_COUNT,
         help="plain Deployments created at once without the operator, for comparison (0: skip)",
     )
+    parser.add_argument(
+        "--operator-env",
+        action="append",
+        default=[],
+        type=lambda item: tuple(item.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="an environment variable for the operator (e.g. AGENT_OPERATOR_WORKERS=32)",
+    )
     parser.add_argument("--operator-log-level", default="warning", choices=["info", "warning"])
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -634,7 +643,9 @@ def main() -> int:
     try:
         watch = StatusWatch(custom, namespace)
         watch.start()
-        with operator_process(kubectl, args.uv, workdir, args.operator_log_level) as proc:
+        with operator_process(
+            kubectl, args.uv, workdir, args.operator_log_level, dict(args.operator_env)
+        ) as proc:
             op = operator_pid(proc.pid)
             idle_rss = rss_kib([op])
             with RssSampler([op, proc.pid], interval_s=0.1, tree=True) as sampler:
@@ -685,6 +696,7 @@ def main() -> int:
             "peak_with_uv": round(sampler.peak[proc.pid] / 1024, 1),
         },
         "operator_log": str(workdir / "operator.log"),
+        "operator_env": dict(args.operator_env),
     }
     report["targets"] = targets(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
