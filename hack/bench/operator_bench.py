@@ -47,21 +47,12 @@ OPERATOR_NS = "moorage-system"
 OPERATOR_SA = "moorage-operator"
 GROUP, VERSION, PLURAL = "moorage.dev", "v1beta1", "agentdeployments"
 IMAGE = "localhost/moorage/agent-service:dev"
-# The kwok nodes' taint and the namespace annotations that send its pods there (the
-# PodNodeSelector and PodTolerationRestriction admission plugins; as tests/e2e/conftest.py).
-KWOK_PLACEMENT = {
-    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
-    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
-        [
-            {
-                "key": "kwok.x-k8s.io/node",
-                "operator": "Equal",
-                "value": "fake",
-                "effect": "NoSchedule",
-            }
-        ]
-    ),
-}
+# The namespace annotations that send its pods to the kwok nodes and tolerate their taint
+# (hack/cluster/nodes.yaml), for the PodNodeSelector and PodTolerationRestriction admission
+# plugins: one copy, shared by the e2e tests and the operator benchmark.
+KWOK_PLACEMENT: dict[str, str] = json.loads(
+    (ROOT / "hack" / "cluster" / "kwok-placement.json").read_text()
+)
 # Issue 14's targets for the operator.
 TARGET_COUNT = 200
 TARGET_P50_S = 2.0

@@ -31,21 +31,12 @@ TOOLS = (
     "kubectl", "helm", "helm3", "kind", "skaffold", "kwokctl", "kube-apiserver", "etcd",
     "kubelet", "kube-proxy", "coredns", "metrics-server", "crictl",
 )  # fmt: skip
-# The kwok nodes' taint (hack/cluster/nodes.yaml) and the annotations that send a namespace's
-# pods there (the PodNodeSelector and PodTolerationRestriction admission plugins).
-KWOK_PLACEMENT = {
-    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
-    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
-        [
-            {
-                "key": "kwok.x-k8s.io/node",
-                "operator": "Equal",
-                "value": "fake",
-                "effect": "NoSchedule",
-            }
-        ]
-    ),
-}
+# The namespace annotations that send its pods to the kwok nodes and tolerate their taint
+# (hack/cluster/nodes.yaml), for the PodNodeSelector and PodTolerationRestriction admission
+# plugins: one copy, shared by the e2e tests and the operator benchmark.
+KWOK_PLACEMENT: dict[str, str] = json.loads(
+    (ROOT / "hack" / "cluster" / "kwok-placement.json").read_text()
+)
 REAL_PLACEMENT = {"scheduler.alpha.kubernetes.io/node-selector": "type=real"}
 _TAG = os.environ.get("IMAGE_TAG", "dev")
 NODE_IMAGES = (
