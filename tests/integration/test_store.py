@@ -92,12 +92,12 @@ def test_a_turn_is_stored_once_when_redis_stalls_and_the_client_library_retries_
     assert calls > TURNS, f"no write was resent ({calls} EVALSHA for {TURNS} turns)"
 
 
-def _occupy(store: RedisStore, block_s: float) -> list[asyncio.Future[object]]:
-    """Two waves of calls that each hold one of the store's connections for `block_s` (BLPOP
-    on an empty list), so the second wave and anything after it wait for a connection."""
+def _occupy(store: RedisStore, block_s: float, waves: int) -> list[asyncio.Future[object]]:
+    """`waves` of calls that each hold one of the store's connections for `block_s` (BLPOP on
+    an empty list), so each later wave, and anything after them, waits for a connection."""
     return [
         asyncio.ensure_future(store._run(lambda: store._redis.blpop("moorage:test:empty", block_s)))
-        for _ in range(2 * POOL_SIZE)
+        for _ in range(waves * POOL_SIZE)
     ]
 
 
@@ -111,9 +111,11 @@ def test_a_burst_larger_than_the_pool_waits_for_connections_and_is_not_a_store_o
     """
 
     async def scenario() -> tuple[list[object], bool, float]:
-        store = RedisStore(redis_server.url, 600, max_messages=1000, timeout_s=0.4)
+        store = RedisStore(redis_server.url, 600, max_messages=1000, timeout_s=1.0)
         try:
-            blocked = _occupy(store, 0.25)
+            # Every connection open first: connecting is not what this measures.
+            await asyncio.gather(*(store.ping() for _ in range(POOL_SIZE)))
+            blocked = _occupy(store, 0.5, waves=3)
             await asyncio.sleep(0)  # the first wave holds every connection
             started = time.monotonic()
             context = await store.context("queued", 10, None)
@@ -126,8 +128,8 @@ def test_a_burst_larger_than_the_pool_waits_for_connections_and_is_not_a_store_o
     results, up, waited = asyncio.run(scenario())
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert up
-    # It waited for both waves (longer than the store timeout), then was answered.
-    assert waited > 0.4
+    # It waited for the three waves (longer than the store timeout), then was answered.
+    assert waited > 1.0
 
 
 def test_a_call_that_finds_no_connection_within_the_request_bound_is_refused_without_an_outage(
@@ -138,7 +140,8 @@ def test_a_call_that_finds_no_connection_within_the_request_bound_is_refused_wit
             redis_server.url, 600, max_messages=1000, timeout_s=1.0, queue_timeout_s=0.1
         )
         try:
-            blocked = _occupy(store, 0.3)
+            await asyncio.gather(*(store.ping() for _ in range(POOL_SIZE)))
+            blocked = _occupy(store, 0.3, waves=2)
             await asyncio.sleep(0)
             try:
                 await store.context("queued", 10, None)
