@@ -111,6 +111,15 @@ componentsPatches:
       # Its FlexVolume prober makes (and, when removed, remakes) this directory; the default is
       # /usr/libexec/kubernetes on the host, which cluster-down must leave as it found it.
       - {key: flex-volume-plugin-dir, value: "$cluster_dir/flex-volume-plugins"}
+      # The client's default 20 requests/s made 200 plain Deployments take 48 s each to become
+      # available (~10 requests per Deployment); every e2e install waited on it too.
+      - {key: kube-api-qps, value: "100"}
+      - {key: kube-api-burst, value: "200"}
+  - name: kube-scheduler
+    extraArgs:
+      # One binding per pod: the default 50 requests/s queued a 200-pod burst for 4 s.
+      - {key: kube-api-qps, value: "100"}
+      - {key: kube-api-burst, value: "200"}
   - name: kwok-controller
     extraArgs:
       # Only the fake nodes: by default kwok also fakes the real node's pods (IPs, Ready).
