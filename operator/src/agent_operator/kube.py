@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from agent_operator.builders import MANAGER, ChildKind
@@ -139,17 +139,18 @@ def patch_pod_condition(namespace: str, name: str, condition: Mapping[str, Any])
     )
 
 
+def _agent_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
 def get_agent(namespace: str, name: str) -> Obj | None:
     """The AgentDeployment, or None when it is gone."""
     try:
-        result = CustomObjectsApi(api_client()).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
+        return _call("GET", _agent_path(namespace, name))
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    return dict(result) if isinstance(result, dict) else None
 
 
 def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -158,7 +159,7 @@ def patch_agent_status(namespace: str, name: str, status: Mapping[str, Any]) -> 
     body = {"status": dict(status)}
     _call(
         "PATCH",
-        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+        f"{_agent_path(namespace, name)}/status",
         body=body,
         content_type="application/merge-patch+json",
     )
