@@ -117,7 +117,7 @@ componentsPatches:
       - {key: kube-api-burst, value: "200"}
   - name: kube-scheduler
     extraArgs:
-      # One binding per pod: the default 50 requests/s queued a 200-pod burst for 4 s.
+      # One binding per pod: at the default 50 requests/s a 200-pod burst needs 4 s of bindings.
       - {key: kube-api-qps, value: "100"}
       - {key: kube-api-burst, value: "200"}
   - name: kwok-controller
